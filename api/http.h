@@ -1,0 +1,139 @@
+/* HTTP/1.1 server on libuv with http-parser: connections, parsing, limits,
+ * timeouts and in-order responses. It knows nothing of routes: each complete
+ * request is handed to the handler, which answers with http_respond() now
+ * or later.
+ *
+ * Request lifecycle:
+ *
+ *   bytes ──parse──▶ http_request (queued on its connection, in order)
+ *          ──handler(ctx, req)──▶ ... ──http_respond(req)──▶ written when
+ *          every earlier request of the connection has been written
+ *
+ * The server owns each http_request. The handler must call http_respond()
+ * exactly once per request, and must not touch the request afterwards. If
+ * the client goes away first, the request stays valid (req->gone is set)
+ * until http_respond(), which then just frees it.
+ *
+ * Limits (see struct http_limits) are enforced here: header bytes (431),
+ * body bytes (413 from Content-Length before reading the body, or as soon as
+ * a chunked body passes the limit; the connection is closed afterwards),
+ * pipelined requests per connection and unsent response bytes (reading from
+ * the client pauses while over either bound), connection count (excess
+ * connections are accepted and closed at once), header/request read timeout
+ * and keep-alive idle timeout (the connection is closed). */
+#ifndef CTXD_HTTP_H
+#define CTXD_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct http_limits
+{
+    size_t max_header_bytes;   /* request line + headers, default 16 KiB */
+    size_t max_body_bytes;     /* default 1 MiB */
+    unsigned max_connections;  /* default 4096 */
+    unsigned max_pipeline;     /* queued requests per connection, default 64 */
+    size_t max_write_bytes;    /* unsent response bytes per connection before
+                                  reading pauses, default 4 MiB */
+    uint64_t request_timeout_ms; /* first byte to complete request, default 10000 */
+    uint64_t idle_timeout_ms;  /* keep-alive idle, default 60000 */
+};
+
+void http_limits_default(struct http_limits *l);
+
+struct http_header
+{
+    char *name;      /* lower-cased, NUL-terminated */
+    char *value;     /* NUL-terminated, surrounding blanks trimmed */
+    size_t value_len;
+};
+
+struct http_server;
+struct http_conn;
+
+struct http_request
+{
+    /* Parsed request, owned by the server. */
+    int method;                  /* enum http_method of http-parser */
+    const char *method_name;     /* "GET", ... */
+    char *url;                   /* raw request target, NUL-terminated */
+    size_t url_len;
+    struct http_header *headers; /* in arrival order */
+    unsigned n_headers;
+    char *body;                  /* NUL-terminated (NUL not counted); may
+                                    contain NUL bytes itself */
+    size_t body_len;
+    int keep_alive;              /* client wants the connection kept */
+    uint64_t start_ms;           /* uv_now when the request completed */
+    int gone;                    /* 1 once the client connection is gone */
+    void *data;                  /* free for the handler */
+    char peer[64];               /* client address, "ip:port" */
+    /* private */
+    struct http_conn *conn;
+    struct http_request *next;
+    int done;                    /* http_respond was called */
+    char *resp;                  /* serialized response */
+    size_t resp_len;
+};
+
+typedef void (*http_handler_fn)(void *ctx, struct http_request *req);
+
+/* Look up a request header by lower-case name; NULL when absent. The first
+ * occurrence wins. */
+const struct http_header *http_request_header(const struct http_request *req,
+                                              const char *name);
+
+/* Listen on host:port (IPv4 or IPv6 literal). Returns 0 or a negative libuv
+ * error, with errmsg filled. */
+int http_server_start(struct http_server **out, uv_loop_t *loop,
+                      const char *addr, const struct http_limits *limits,
+                      http_handler_fn handler, void *ctx, char *errmsg,
+                      size_t errmsg_len);
+
+/* The port actually bound (useful with port 0). */
+int http_server_port(const struct http_server *s);
+
+/* Open connections (for metrics and tests). */
+unsigned http_server_connections(const struct http_server *s);
+
+/* Answer a request. status: 100..599; headers: extra header lines, each
+ * "Name: value\r\n", or NULL; body/body_len: copied. Content-Length,
+ * Content-Type (application/json when a body is given and headers has no
+ * Content-Type), Connection are added here. Returns 0, or -1 on out of
+ * memory (the connection is then closed and the request freed all the
+ * same: the caller must not touch req either way). */
+int http_respond(struct http_request *req, int status, const char *headers,
+                 const char *body, size_t body_len);
+
+/* Convenience: {"code":code,"message":message} with the given status. */
+int http_respond_error(struct http_request *req, int status,
+                       const char *headers, const char *code,
+                       const char *message);
+
+/* For tests without sockets: a request that belongs to no connection.
+ * headers is "name: value" pairs as a NULL-terminated array of alternating
+ * name and value strings; body may be NULL. http_respond() on it stores the
+ * response (status, header lines, body) in the request instead of sending
+ * it; read them with the accessors below, then free with
+ * http_request_free_detached(). Returns NULL on out of memory. */
+struct http_request *http_request_new_detached(const char *method,
+                                               const char *url,
+                                               const char *const *headers,
+                                               const char *body,
+                                               size_t body_len);
+int http_detached_status(const struct http_request *req); /* 0: no answer yet */
+const char *http_detached_headers(const struct http_request *req);
+const char *http_detached_body(const struct http_request *req, size_t *len);
+void http_request_free_detached(struct http_request *req);
+
+/* Graceful stop: close the listener, close idle connections now, and each
+ * busy one once its last response is written (no new requests are read).
+ * cb fires once every connection is closed; the server is freed after it. */
+void http_server_stop(struct http_server *s, void (*cb)(void *data),
+                      void *data);
+
+/* Reason phrase for a status ("Not Found"). */
+const char *http_status_text(int status);
+
+#endif
