@@ -116,6 +116,7 @@ struct cmd_entry
 {
     uint64_t time_ms; /* the leader's stamp */
     uint32_t count;   /* commands in the entry */
+    uint32_t seen;    /* records returned by cmd_entry_next so far */
     const char *p;    /* next command record */
     const char *end;  /* end of the entry */
 };
