@@ -1,1 +1,1573 @@
-/* placeholder until implemented */
+/* Routes, auth, validation and the request life cycle of the data, admin
+ * and health endpoints.
+ *
+ * A request goes through:
+ *
+ *   parse path and query ──▶ match route (404 / 405)
+ *     ──▶ auth (401) ──▶ content type (415) ──▶ validate (400 / 403)
+ *     ──▶ write: encode a command, consensus_propose ─▶ applied ─▶ answer
+ *     ──▶ read:  consistency gate (barrier / min index) ─▶ storage query
+ *
+ * A write or gated read that cannot be answered at once becomes an api_op,
+ * kept on a FIFO list in deadline order (every op of a list has the same
+ * timeout, so insertion order is deadline order). The timer answers ops past
+ * their deadline (504); an op whose consensus callback is still due stays
+ * allocated, detached from its request, until that callback fires (it fires
+ * exactly once, also on shutdown). A read that passed its gate is handled
+ * again from the start with the gate marked as passed (req->data), which
+ * keeps one code path per route and costs a re-parse of a short path. */
+#include "api.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../lib/crypto.h"
+#include "../lib/log.h"
+#include "json.h"
+
+#include <http_parser.h>
+
+#define API_MAX_SEGMENTS 8
+#define API_MAX_NAME 256          /* bytes: session ids and property names */
+#define API_MAX_TTL 315360000ull  /* seconds: 10 years */
+#define API_MAX_PER_PAGE 1000
+#define API_DEFAULT_PER_PAGE 100
+#define API_MAX_REQUEST_ID 256    /* bytes of X-REQUEST-ID */
+#define API_TICK_MS 50            /* timeout scan period */
+
+#define CONTAINER_OF(ptr, type, field) \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
+
+/* Gate flags carried in req->data between the passes of a read. */
+#define GATE_MIN_INDEX 1u /* X-Context-Min-Index satisfied */
+#define GATE_BARRIER 2u   /* a barrier issued after arrival has completed */
+
+/* The one table from failure to HTTP answer. */
+#define API_ERRORS(X)                                                         \
+    X(AE_MALFORMED_JSON, 400, "malformed_json", "body is not valid JSON")    \
+    X(AE_WRONG_TYPE, 400, "wrong_type", "JSON value of the wrong type")      \
+    X(AE_DUPLICATE, 400, "duplicate_member", "duplicate member name")        \
+    X(AE_TOO_DEEP, 400, "too_deep", "JSON nested deeper than 64 levels")     \
+    X(AE_UTF8, 400, "invalid_utf8", "invalid UTF-8")                          \
+    X(AE_BAD_NAME, 400, "bad_name", "invalid name")                           \
+    X(AE_BAD_TTL, 400, "bad_ttl", "ttlSecond must be an integer 0..315360000") \
+    X(AE_BAD_PAGING, 400, "bad_paging",                                       \
+      "page must be >= 0 and perPage 1..1000")                                \
+    X(AE_BAD_REQUEST, 400, "bad_request", "bad request")                      \
+    X(AE_UNAUTHORIZED, 401, "unauthorized", "missing or invalid credentials") \
+    X(AE_RESERVED, 403, "reserved_namespace", "namespace is reserved")        \
+    X(AE_NOT_FOUND, 404, "not_found", "no such resource")                     \
+    X(AE_NS_NOT_FOUND, 404, "namespace_not_found", "namespace does not exist") \
+    X(AE_PROP_NOT_FOUND, 404, "property_not_found", "property does not exist") \
+    X(AE_METHOD, 405, "method_not_allowed", "method not allowed on this path") \
+    X(AE_PRECONDITION, 412, "precondition_failed",                            \
+      "If-Match does not match the current version")                          \
+    X(AE_DOC_TOO_LARGE, 413, "document_too_large",                            \
+      "session document would exceed 800000 bytes")                           \
+    X(AE_MEDIA_TYPE, 415, "unsupported_media_type",                           \
+      "body must be application/json")                                        \
+    X(AE_OVERLOADED, 429, "overloaded", "too many pending writes, retry")     \
+    X(AE_INTERNAL, 500, "internal", "internal error")                         \
+    X(AE_UNAVAILABLE, 503, "unavailable", "no leader reachable, retry")       \
+    X(AE_SHUTTING_DOWN, 503, "unavailable", "node is shutting down")          \
+    X(AE_UNKNOWN_OUTCOME, 504, "outcome_unknown",                             \
+      "commit not confirmed in time: the write may or may not have been "     \
+      "applied; retry with the same X-REQUEST-ID")                            \
+    X(AE_READ_TIMEOUT, 504, "timeout",                                        \
+      "read condition not reached in time")
+
+enum api_error {
+#define AE_ENUM(name, status, code, msg) name,
+    API_ERRORS(AE_ENUM)
+#undef AE_ENUM
+};
+
+static const struct
+{
+    int status;
+    const char *code;
+    const char *message;
+} api_errors[] = {
+#define AE_ROW(name, status, code, msg) {status, code, msg},
+    API_ERRORS(AE_ROW)
+#undef AE_ROW
+};
+
+enum route_id {
+    R_NONE,
+    R_ACCOUNT,         /* /v1/account/{acc}: GET list, POST create */
+    R_NAMESPACE,       /* /v1/account/{acc}/{ns}: DELETE */
+    R_PROPS,           /* .../{ns}[/{sid}]/properties: GET PATCH DELETE */
+    R_PROP,            /* .../{ns}[/{sid}]/properties/{prop}: GET PUT DELETE */
+    R_SESSION_IDS,     /* .../{ns}/session-ids: GET */
+    R_SESSION_PROPS,   /* .../{ns}/session-properties: GET */
+    R_SESSION_TTL,     /* .../namespace/{ns}/session: GET POST */
+    R_ADMIN_KEY,       /* /admin/v1/accounts/{acc}/key: PUT */
+    R_HEALTHZ,         /* /healthz: GET */
+    R_READYZ,          /* /readyz: GET */
+};
+
+static const char *const route_allow[] = {
+    [R_NONE] = "",
+    [R_ACCOUNT] = "GET, POST",
+    [R_NAMESPACE] = "DELETE",
+    [R_PROPS] = "GET, PATCH, DELETE",
+    [R_PROP] = "GET, PUT, DELETE",
+    [R_SESSION_IDS] = "GET",
+    [R_SESSION_PROPS] = "GET",
+    [R_SESSION_TTL] = "GET, POST",
+    [R_ADMIN_KEY] = "PUT",
+    [R_HEALTHZ] = "GET",
+    [R_READYZ] = "GET",
+};
+
+/* A request's decoded path and the names the route picked from it. */
+struct route
+{
+    enum route_id id;
+    struct buf seg[API_MAX_SEGMENTS]; /* decoded path segments (owned) */
+    unsigned n_seg;                   /* segments used */
+    const char *query;                /* raw query string, NULL when none */
+    size_t query_len;
+    struct cmd where;                 /* acc, ns, sid, name point into seg */
+};
+
+enum op_kind {
+    OP_WRITE,   /* waiting for a proposal to apply */
+    OP_BARRIER, /* waiting for a read barrier */
+    OP_MIN,     /* waiting for the applied index to reach min_index */
+};
+
+/* Something waiting: a proposal, a barrier or an applied index. */
+struct api_op
+{
+    struct api *api;                /* owner */
+    struct http_request *req;       /* NULL once answered (timed out) */
+    enum op_kind kind;              /* what it waits for */
+    struct consensus_propose prop;  /* OP_WRITE */
+    struct consensus_read read;     /* OP_BARRIER */
+    uint64_t min_index;             /* OP_MIN */
+    uint64_t deadline;              /* uv_now() ms after which: 504 */
+    int success_status;             /* OP_WRITE: 204 or 201 */
+    char *body;                     /* OP_WRITE: success body (owned), or NULL */
+    size_t body_len;                /* bytes of body */
+    struct api_op *prev, *next;     /* on the list of its kind */
+    int listed;                     /* 1 while on a list */
+};
+
+struct op_list
+{
+    struct api_op *head, *tail; /* oldest first */
+};
+
+struct api
+{
+    struct api_config cfg;       /* copy; admin_token points to our copy */
+    char *admin_token;           /* owned */
+    char node_header[64];        /* "X-Context-Node: N\r\n" */
+    int closing;                 /* api_shutdown was called */
+    unsigned pending;            /* ops allocated */
+    struct op_list writes;       /* OP_WRITE, deadline order */
+    struct op_list barriers;     /* OP_BARRIER, deadline order */
+    struct op_list mins;         /* OP_MIN, deadline order */
+    struct buf scratch;          /* reused for command encoding */
+    uv_timer_t timer;            /* timeout scan */
+    uv_check_t check;            /* wakes OP_MIN waiters after each turn */
+    unsigned open_handles;       /* handles not yet closed */
+    int freeing;                 /* api_close was called */
+};
+
+/* --- Small helpers ---------------------------------------------------- */
+
+static void list_push(struct op_list *l, struct api_op *op)
+{
+    op->prev = l->tail;
+    op->next = NULL;
+    if (l->tail != NULL) {
+        l->tail->next = op;
+    } else {
+        l->head = op;
+    }
+    l->tail = op;
+    op->listed = 1;
+}
+
+static void list_remove(struct op_list *l, struct api_op *op)
+{
+    if (!op->listed) {
+        return;
+    }
+    if (op->prev != NULL) {
+        op->prev->next = op->next;
+    } else {
+        l->head = op->next;
+    }
+    if (op->next != NULL) {
+        op->next->prev = op->prev;
+    } else {
+        l->tail = op->prev;
+    }
+    op->prev = op->next = NULL;
+    op->listed = 0;
+}
+
+static struct op_list *op_list_of(struct api *a, struct api_op *op)
+{
+    switch (op->kind) {
+        case OP_WRITE: return &a->writes;
+        case OP_BARRIER: return &a->barriers;
+        default: return &a->mins;
+    }
+}
+
+static void op_free(struct api_op *op)
+{
+    struct api *a = op->api;
+
+    list_remove(op_list_of(a, op), op);
+    free(op->body);
+    free(op);
+    a->pending--;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int respond(struct api *a, struct http_request *req, int status,
+                   const char *extra, const char *body, size_t len)
+{
+    char headers[512];
+    int n;
+
+    n = snprintf(headers, sizeof headers, "%s%s", a->node_header,
+                 extra != NULL ? extra : "");
+    if (n < 0 || (size_t)n >= sizeof headers) {
+        headers[0] = '\0';
+    }
+    return http_respond(req, status, headers, body, len);
+}
+
+static void respond_error(struct api *a, struct http_request *req,
+                          enum api_error e, const char *message)
+{
+    struct buf body = BUF_INIT;
+    char extra[128] = "";
+    int rv;
+
+    if (e == AE_OVERLOADED || e == AE_UNAVAILABLE || e == AE_SHUTTING_DOWN) {
+        snprintf(extra, sizeof extra, "Retry-After: 1\r\n");
+    }
+    rv = buf_append_str(&body, "{\"code\":\"");
+    rv |= buf_append_str(&body, api_errors[e].code);
+    rv |= buf_append_str(&body, "\",\"message\":");
+    if (message == NULL) {
+        message = api_errors[e].message;
+    }
+    rv |= buf_append_json_string(&body, message, strlen(message));
+    rv |= buf_append_char(&body, '}');
+    if (rv != 0) {
+        respond(a, req, 500, NULL, NULL, 0);
+    } else {
+        respond(a, req, api_errors[e].status, extra, body.base, body.len);
+    }
+    buf_free(&body);
+}
+
+static void respond_method(struct api *a, struct http_request *req,
+                           enum route_id id)
+{
+    char extra[96];
+
+    snprintf(extra, sizeof extra, "Allow: %s\r\n", route_allow[id]);
+    struct buf body = BUF_INIT;
+    if (buf_printf(&body,
+                   "{\"code\":\"method_not_allowed\",\"message\":\"method %s "
+                   "not allowed; allowed: %s\"}",
+                   req->method_name, route_allow[id]) != 0) {
+        buf_free(&body);
+        respond(a, req, 500, NULL, NULL, 0);
+        return;
+    }
+    respond(a, req, 405, extra, body.base, body.len);
+    buf_free(&body);
+}
+
+static int bytes_eq(const char *s, size_t n, const char *lit)
+{
+    return strlen(lit) == n && memcmp(s, lit, n) == 0;
+}
+
+/* --- Validators (exposed for tests) ----------------------------------- */
+
+int api_valid_account(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0 || n > 64) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!isalnum(c) && c != '_' && c != '-') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int api_valid_namespace(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0 || n > 64) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!isalnum(c) && c != '_') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int api_reserved_namespace(const char *s, size_t n)
+{
+    static const char *const reserved[] = {"consumer", "operational",
+                                           "conversation", "faas", "custom",
+                                           "sde"};
+    size_t i;
+
+    for (i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+        if (bytes_eq(s, n, reserved[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* UTF-8, 1..API_MAX_NAME bytes, no control characters. */
+static int valid_name(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0 || n > API_MAX_NAME || !json_utf8_valid(s, n)) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int api_valid_session(const char *s, size_t n)
+{
+    return valid_name(s, n);
+}
+
+int api_valid_property(const char *s, size_t n)
+{
+    return valid_name(s, n);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+int api_percent_decode(const char *src, size_t n, struct buf *out)
+{
+    size_t i;
+    size_t start = out->len;
+
+    if (buf_reserve(out, n) != 0) {
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        char c = src[i];
+        if (c == '%') {
+            int hi, lo;
+            if (n - i < 3 || (hi = hexval(src[i + 1])) < 0 ||
+                (lo = hexval(src[i + 2])) < 0) {
+                return -1;
+            }
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        if ((unsigned char)c < 0x20 || c == 0x7f) {
+            return -1;
+        }
+        out->base[out->len++] = c;
+    }
+    out->base[out->len] = '\0';
+    if (!json_utf8_valid(out->base + start, out->len - start)) {
+        return -1;
+    }
+    return 0;
+}
+
+int api_parse_uint(const char *s, size_t n, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t i;
+
+    if (n == 0 || n > 20) {
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+        if (v > (max - (uint64_t)(s[i] - '0')) / 10) {
+            return -1;
+        }
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* --- Query strings ---------------------------------------------------- */
+
+/* Find parameter `name` in the query; decode its value into out. Returns 1
+ * found, 0 absent, -1 bad encoding. '+' is kept as is (paths and names
+ * here never use form encoding). */
+static int query_param(const struct route *r, const char *name, struct buf *out)
+{
+    const char *p = r->query;
+    const char *end;
+    size_t name_len = strlen(name);
+
+    if (p == NULL) {
+        return 0;
+    }
+    end = p + r->query_len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp != NULL ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        const char *key_end = eq != NULL ? eq : stop;
+
+        if ((size_t)(key_end - p) == name_len && memcmp(p, name, name_len) == 0) {
+            const char *v = eq != NULL ? eq + 1 : stop;
+            buf_reset(out);
+            if (api_percent_decode(v, (size_t)(stop - v), out) != 0) {
+                return -1;
+            }
+            return 1;
+        }
+        p = stop + 1;
+    }
+    return 0;
+}
+
+/* --- Routing ---------------------------------------------------------- */
+
+static void route_free(struct route *r)
+{
+    unsigned i;
+
+    for (i = 0; i < API_MAX_SEGMENTS; i++) {
+        buf_free(&r->seg[i]);
+    }
+}
+
+static struct cmd_bytes seg_bytes(const struct route *r, unsigned i)
+{
+    struct cmd_bytes b = {r->seg[i].base != NULL ? r->seg[i].base : "",
+                          (uint32_t)r->seg[i].len};
+    return b;
+}
+
+static int seg_is(const struct route *r, unsigned i, const char *lit)
+{
+    return i < r->n_seg && bytes_eq(r->seg[i].base, r->seg[i].len, lit);
+}
+
+static const struct cmd_bytes default_sid = {STORAGE_DEFAULT_SID,
+                                             sizeof STORAGE_DEFAULT_SID - 1};
+
+/* Split and decode the path, then match it. Returns 0, or an api_error
+ * (bad encoding in a segment). R_NONE when nothing matches. */
+static int route_match(struct http_request *req, struct route *r)
+{
+    const char *url = req->url;
+    const char *q = memchr(url, '?', req->url_len);
+    size_t path_len = q != NULL ? (size_t)(q - url) : req->url_len;
+    const char *p = url;
+    const char *end = url + path_len;
+    unsigned base; /* first segment after /v1/account */
+
+    memset(r, 0, sizeof *r);
+    r->id = R_NONE;
+    if (q != NULL) {
+        r->query = q + 1;
+        r->query_len = req->url_len - path_len - 1;
+    }
+    if (path_len == 0 || url[0] != '/') {
+        return 0;
+    }
+    /* Drop one trailing slash ("/a/b/" is "/a/b"). */
+    if (path_len > 1 && end[-1] == '/') {
+        end--;
+    }
+    p++;
+    while (p <= end) {
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        const char *stop = slash != NULL ? slash : end;
+
+        if (r->n_seg == API_MAX_SEGMENTS || stop == p) {
+            return 0; /* too deep, or an empty segment: no route */
+        }
+        if (api_percent_decode(p, (size_t)(stop - p), &r->seg[r->n_seg]) != 0) {
+            return AE_UTF8;
+        }
+        r->n_seg++;
+        p = stop + 1;
+        if (slash == NULL) {
+            break;
+        }
+    }
+
+    if (r->n_seg == 1 && seg_is(r, 0, "healthz")) {
+        r->id = R_HEALTHZ;
+        return 0;
+    }
+    if (r->n_seg == 1 && seg_is(r, 0, "readyz")) {
+        r->id = R_READYZ;
+        return 0;
+    }
+    if (r->n_seg == 5 && seg_is(r, 0, "admin") && seg_is(r, 1, "v1") &&
+        seg_is(r, 2, "accounts") && seg_is(r, 4, "key")) {
+        r->id = R_ADMIN_KEY;
+        r->where.acc = seg_bytes(r, 3);
+        return 0;
+    }
+    if (r->n_seg < 3 || !seg_is(r, 0, "v1") || !seg_is(r, 1, "account")) {
+        return 0;
+    }
+    base = 2;
+    r->where.acc = seg_bytes(r, base);
+    switch (r->n_seg - base) {
+        case 1:
+            r->id = R_ACCOUNT;
+            break;
+        case 2:
+            r->id = R_NAMESPACE;
+            r->where.ns = seg_bytes(r, base + 1);
+            break;
+        case 3:
+            r->where.ns = seg_bytes(r, base + 1);
+            r->where.sid = default_sid;
+            if (seg_is(r, base + 2, "properties")) {
+                r->id = R_PROPS;
+            } else if (seg_is(r, base + 2, "session-ids")) {
+                r->id = R_SESSION_IDS;
+            } else if (seg_is(r, base + 2, "session-properties")) {
+                r->id = R_SESSION_PROPS;
+            }
+            break;
+        case 4:
+            if (seg_is(r, base + 1, "namespace") && seg_is(r, base + 3, "session")) {
+                r->id = R_SESSION_TTL;
+                r->where.ns = seg_bytes(r, base + 2);
+            } else if (seg_is(r, base + 2, "properties")) {
+                r->id = R_PROP;
+                r->where.ns = seg_bytes(r, base + 1);
+                r->where.sid = default_sid;
+                r->where.name = seg_bytes(r, base + 3);
+            } else if (seg_is(r, base + 3, "properties")) {
+                r->id = R_PROPS;
+                r->where.ns = seg_bytes(r, base + 1);
+                r->where.sid = seg_bytes(r, base + 2);
+            }
+            break;
+        case 5:
+            if (seg_is(r, base + 3, "properties")) {
+                r->id = R_PROP;
+                r->where.ns = seg_bytes(r, base + 1);
+                r->where.sid = seg_bytes(r, base + 2);
+                r->where.name = seg_bytes(r, base + 4);
+            }
+            break;
+        default:
+            break;
+    }
+    return 0;
+}
+
+static int method_allowed(enum route_id id, int method)
+{
+    switch (id) {
+        case R_ACCOUNT: return method == HTTP_GET || method == HTTP_POST;
+        case R_NAMESPACE: return method == HTTP_DELETE;
+        case R_PROPS:
+            return method == HTTP_GET || method == HTTP_PATCH ||
+                   method == HTTP_DELETE;
+        case R_PROP:
+            return method == HTTP_GET || method == HTTP_PUT ||
+                   method == HTTP_DELETE;
+        case R_SESSION_IDS:
+        case R_SESSION_PROPS:
+        case R_HEALTHZ:
+        case R_READYZ: return method == HTTP_GET;
+        case R_SESSION_TTL: return method == HTTP_GET || method == HTTP_POST;
+        case R_ADMIN_KEY: return method == HTTP_PUT;
+        default: return 0;
+    }
+}
+
+/* --- Auth ------------------------------------------------------------- */
+
+static int auth_account(struct api *a, struct http_request *req,
+                        const struct route *r)
+{
+    const struct http_header *h = http_request_header(req, "maven-api-key");
+    uint8_t hash[SHA256_LEN];
+
+    if (h == NULL || h->value_len == 0 ||
+        !api_valid_account(r->where.acc.base, r->where.acc.len)) {
+        return 0;
+    }
+    sha256(h->value, h->value_len, hash);
+    return storage_key_verify(a->cfg.storage, r->where.acc.base,
+                              r->where.acc.len, hash);
+}
+
+/* Compare the bearer token in constant time (over the token's length:
+ * both are hashed first so lengths leak nothing either). */
+static int auth_admin(struct api *a, struct http_request *req)
+{
+    const struct http_header *h = http_request_header(req, "authorization");
+    uint8_t want[SHA256_LEN];
+    uint8_t got[SHA256_LEN];
+
+    if (h == NULL || h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0) {
+        return 0;
+    }
+    sha256(a->admin_token, strlen(a->admin_token), want);
+    sha256(h->value + 7, h->value_len - 7, got);
+    return ct_equal(want, got, SHA256_LEN);
+}
+
+static int content_type_json(struct http_request *req)
+{
+    const struct http_header *h = http_request_header(req, "content-type");
+    size_t n;
+
+    if (h == NULL) {
+        return 0;
+    }
+    n = strcspn(h->value, "; \t");
+    return n == 16 && strncasecmp(h->value, "application/json", 16) == 0;
+}
+
+/* --- Writes ----------------------------------------------------------- */
+
+static void write_answer(struct api *a, struct http_request *req,
+                         struct api_op *op, int status,
+                         const struct storage_result *res)
+{
+    char extra[64];
+
+    if (status != CONSENSUS_OK) {
+        if (status == CONSENSUS_ENOTLEADER) {
+            respond_error(a, req, AE_UNAVAILABLE, NULL);
+        } else if (status == CONSENSUS_ENOMEM || status == CONSENSUS_EIO) {
+            respond_error(a, req, AE_INTERNAL, consensus_strerror(status));
+        } else {
+            /* Leadership lost or shutdown with the entry possibly in the
+             * log: it may still commit. */
+            respond_error(a, req, AE_UNKNOWN_OUTCOME, NULL);
+        }
+        return;
+    }
+    switch (res->status) {
+        case STORAGE_OK:
+            snprintf(extra, sizeof extra, "X-Context-Index: %llu\r\n",
+                     (unsigned long long)res->index);
+            respond(a, req, op->success_status, extra, op->body, op->body_len);
+            return;
+        case STORAGE_ENOTFOUND: respond_error(a, req, AE_NS_NOT_FOUND, NULL); return;
+        case STORAGE_EPRECONDITION:
+            respond_error(a, req, AE_PRECONDITION, NULL);
+            return;
+        case STORAGE_ETOOLARGE: respond_error(a, req, AE_DOC_TOO_LARGE, NULL); return;
+        default:
+            respond_error(a, req, AE_INTERNAL, storage_strerror(res->status));
+            return;
+    }
+}
+
+static void write_cb(struct consensus_propose *prop, int status,
+                     const struct storage_result *result)
+{
+    struct api_op *op = CONTAINER_OF(prop, struct api_op, prop);
+
+    if (op->req != NULL) {
+        write_answer(op->api, op->req, op, status, result);
+        op->req = NULL;
+    }
+    op_free(op);
+}
+
+/* Fill the header fields every write shares: If-Match and X-REQUEST-ID.
+ * Returns 0 or an api_error. */
+static int write_headers(struct http_request *req, struct cmd *cmd)
+{
+    const struct http_header *h = http_request_header(req, "if-match");
+    const struct http_header *rid = http_request_header(req, "x-request-id");
+
+    if (h != NULL) {
+        const char *v = h->value;
+        size_t n = h->value_len;
+        uint64_t version;
+
+        if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+            v++;
+            n -= 2;
+        }
+        if (api_parse_uint(v, n, UINT64_MAX, &version) != 0 || version == 0) {
+            return AE_BAD_REQUEST;
+        }
+        cmd->if_match = version;
+    }
+    if (rid != NULL) {
+        if (rid->value_len == 0 || rid->value_len > API_MAX_REQUEST_ID) {
+            return AE_BAD_REQUEST;
+        }
+        cmd->request_id.base = rid->value;
+        cmd->request_id.len = (uint32_t)rid->value_len;
+    }
+    return 0;
+}
+
+/* Encode and propose cmd; on success the answer comes from write_cb.
+ * body (owned, may be NULL) is the success body. */
+static void propose(struct api *a, struct http_request *req,
+                    const struct cmd *cmd, int success_status, char *body,
+                    size_t body_len)
+{
+    struct api_op *op;
+    int rv;
+
+    buf_reset(&a->scratch);
+    if (cmd_encode(cmd, &a->scratch) != 0) {
+        free(body);
+        respond_error(a, req, AE_INTERNAL, "cannot encode command");
+        return;
+    }
+    op = calloc(1, sizeof *op);
+    if (op == NULL) {
+        free(body);
+        respond_error(a, req, AE_INTERNAL, "out of memory");
+        return;
+    }
+    op->api = a;
+    op->req = req;
+    op->kind = OP_WRITE;
+    op->success_status = success_status;
+    op->body = body;
+    op->body_len = body_len;
+    op->prop.data = op;
+    op->prop.cb = write_cb;
+    rv = consensus_propose(a->cfg.consensus, &op->prop, a->scratch.base,
+                           a->scratch.len);
+    if (rv != CONSENSUS_OK) {
+        free(op->body);
+        free(op);
+        switch (rv) {
+            case CONSENSUS_EBUSY: respond_error(a, req, AE_OVERLOADED, NULL); break;
+            case CONSENSUS_ENOTLEADER: respond_error(a, req, AE_UNAVAILABLE, NULL); break;
+            case CONSENSUS_ESHUTDOWN:
+                respond_error(a, req, AE_SHUTTING_DOWN, NULL);
+                break;
+            default:
+                respond_error(a, req, AE_INTERNAL, consensus_strerror(rv));
+                break;
+        }
+        return;
+    }
+    a->pending++;
+    op->deadline = uv_now(a->cfg.loop) + a->cfg.write_timeout_ms;
+    list_push(&a->writes, op);
+}
+
+static enum api_error json_error(int rv)
+{
+    switch (rv) {
+        case JSON_EDEPTH: return AE_TOO_DEEP;
+        case JSON_EUTF8: return AE_UTF8;
+        case JSON_EDUP: return AE_DUPLICATE;
+        case JSON_ETYPE: return AE_WRONG_TYPE;
+        case JSON_ENOMEM: return AE_INTERNAL;
+        default: return AE_MALFORMED_JSON;
+    }
+}
+
+/* The ttlSecond query parameter: -1 when absent. */
+static int parse_ttl(const struct route *r, int required, int64_t *ttl)
+{
+    struct buf v = BUF_INIT;
+    uint64_t n;
+    int rv = query_param(r, "ttlSecond", &v);
+
+    *ttl = -1;
+    if (rv == 0) {
+        buf_free(&v);
+        return required ? AE_BAD_TTL : 0;
+    }
+    if (rv < 0 || api_parse_uint(v.base, v.len, API_MAX_TTL, &n) != 0) {
+        buf_free(&v);
+        return AE_BAD_TTL;
+    }
+    buf_free(&v);
+    *ttl = (int64_t)n;
+    return 0;
+}
+
+/* The string member `field` of a JSON object body, decoded into out. */
+static int body_string_member(struct http_request *req, const char *field,
+                              struct buf *out)
+{
+    struct json_member *m = NULL;
+    size_t n = 0, i;
+    int rv;
+
+    rv = json_object_members(req->body, req->body_len, JSON_MAX_DEPTH, &m, &n);
+    if (rv != JSON_OK) {
+        return json_error(rv);
+    }
+    rv = AE_WRONG_TYPE;
+    for (i = 0; i < n; i++) {
+        if (strcmp(m[i].name, field) == 0 && m[i].name_len == strlen(field)) {
+            if (m[i].type == JSON_STRING) {
+                rv = json_string_decode(m[i].value, m[i].value_len, out) == 0
+                         ? 0
+                         : AE_INTERNAL;
+            }
+            break;
+        }
+    }
+    json_members_free(m, n);
+    return rv;
+}
+
+static int check_ns_writable(const struct cmd_bytes *ns)
+{
+    if (!api_valid_namespace(ns->base, ns->len)) {
+        return AE_BAD_NAME;
+    }
+    if (api_reserved_namespace(ns->base, ns->len)) {
+        return AE_RESERVED;
+    }
+    return 0;
+}
+
+static int check_where(const struct route *r, int writing)
+{
+    const struct cmd *w = &r->where;
+    int rv;
+
+    if (writing) {
+        if ((rv = check_ns_writable(&w->ns)) != 0) {
+            return rv;
+        }
+    } else if (!api_valid_namespace(w->ns.base, w->ns.len)) {
+        return AE_BAD_NAME;
+    }
+    if (w->sid.len > 0 && !api_valid_session(w->sid.base, w->sid.len)) {
+        return AE_BAD_NAME;
+    }
+    if (r->id == R_PROP && !api_valid_property(w->name.base, w->name.len)) {
+        return AE_BAD_NAME;
+    }
+    return 0;
+}
+
+/* Route-specific write handling. Returns 0 when answered or proposed, or
+ * an api_error to answer. */
+static int handle_write(struct api *a, struct http_request *req,
+                        struct route *r)
+{
+    struct cmd cmd = r->where;
+    struct buf name = BUF_INIT;
+    struct buf pairs = BUF_INIT;
+    struct json_member *m = NULL;
+    size_t n = 0, i;
+    int has_body = req->method != HTTP_DELETE;
+    int rv;
+
+    cmd.ttl = -1;
+    if (has_body && !content_type_json(req)) {
+        return AE_MEDIA_TYPE;
+    }
+    if ((rv = write_headers(req, &cmd)) != 0) {
+        return rv;
+    }
+    switch (r->id) {
+        case R_ACCOUNT: /* POST: create namespace / set its TTL */
+            if ((rv = parse_ttl(r, 0, &cmd.ttl)) != 0) {
+                return rv;
+            }
+            if ((rv = body_string_member(req, "name", &name)) != 0) {
+                break;
+            }
+            cmd.ns.base = name.base;
+            cmd.ns.len = (uint32_t)name.len;
+            if ((rv = check_ns_writable(&cmd.ns)) != 0) {
+                break;
+            }
+            cmd.op = CMD_NS_PUT;
+            cmd.if_match = 0;
+            propose(a, req, &cmd, 204, NULL, 0);
+            break;
+        case R_NAMESPACE:
+            if ((rv = check_ns_writable(&cmd.ns)) != 0) {
+                break;
+            }
+            cmd.op = CMD_NS_DELETE;
+            cmd.if_match = 0;
+            propose(a, req, &cmd, 204, NULL, 0);
+            break;
+        case R_SESSION_TTL: /* POST */
+            if ((rv = check_ns_writable(&cmd.ns)) != 0) {
+                break;
+            }
+            if ((rv = parse_ttl(r, 1, &cmd.ttl)) != 0) {
+                break;
+            }
+            if ((rv = body_string_member(req, "sessionId", &name)) != 0) {
+                break;
+            }
+            if (!api_valid_session(name.base, name.len)) {
+                rv = AE_BAD_NAME;
+                break;
+            }
+            cmd.sid.base = name.base;
+            cmd.sid.len = (uint32_t)name.len;
+            cmd.op = CMD_SESSION_TTL;
+            cmd.if_match = 0;
+            propose(a, req, &cmd, 204, NULL, 0);
+            break;
+        case R_PROPS:
+            if ((rv = check_where(r, 1)) != 0) {
+                break;
+            }
+            if (req->method == HTTP_DELETE) {
+                cmd.op = CMD_SESSION_CLEAR;
+                propose(a, req, &cmd, 204, NULL, 0);
+                break;
+            }
+            rv = json_object_members(req->body, req->body_len, JSON_MAX_DEPTH,
+                                     &m, &n);
+            if (rv != JSON_OK) {
+                rv = json_error(rv);
+                break;
+            }
+            for (i = 0; i < n && rv == 0; i++) {
+                if (!api_valid_property(m[i].name, m[i].name_len)) {
+                    rv = AE_BAD_NAME;
+                } else if (cmd_props_add(&pairs, m[i].name, m[i].name_len,
+                                         m[i].value, m[i].value_len) != 0) {
+                    rv = AE_INTERNAL;
+                }
+            }
+            if (rv != 0) {
+                break;
+            }
+            cmd.op = CMD_PATCH;
+            cmd.n_props = (uint32_t)n;
+            cmd.props.base = pairs.base;
+            cmd.props.len = (uint32_t)pairs.len;
+            propose(a, req, &cmd, 204, NULL, 0);
+            break;
+        case R_PROP: {
+            size_t start, end;
+            enum json_type type;
+
+            if ((rv = check_where(r, 1)) != 0) {
+                break;
+            }
+            if (req->method == HTTP_DELETE) {
+                cmd.op = CMD_PROP_DELETE;
+                propose(a, req, &cmd, 204, NULL, 0);
+                break;
+            }
+            rv = json_validate(req->body, req->body_len, JSON_MAX_DEPTH, &start,
+                               &end, &type);
+            if (rv != JSON_OK) {
+                rv = json_error(rv);
+                break;
+            }
+            cmd.op = CMD_PROP_PUT;
+            cmd.value.base = req->body + start;
+            cmd.value.len = (uint32_t)(end - start);
+            propose(a, req, &cmd, 204, NULL, 0);
+            break;
+        }
+        default:
+            rv = AE_INTERNAL;
+            break;
+    }
+    json_members_free(m, n);
+    buf_free(&pairs);
+    buf_free(&name);
+    return rv;
+}
+
+static int handle_admin_key(struct api *a, struct http_request *req,
+                            struct route *r)
+{
+    uint8_t raw[32];
+    uint8_t hash[SHA256_LEN];
+    char key[65];
+    struct cmd cmd;
+    struct buf body = BUF_INIT;
+
+    if (!api_valid_account(r->where.acc.base, r->where.acc.len)) {
+        return AE_BAD_NAME;
+    }
+    if (random_bytes(raw, sizeof raw) != 0) {
+        return AE_INTERNAL;
+    }
+    hex_encode(raw, sizeof raw, key);
+    sha256(key, 64, hash);
+    memset(&cmd, 0, sizeof cmd);
+    cmd.op = CMD_SET_KEY;
+    cmd.ttl = -1;
+    cmd.acc = r->where.acc;
+    cmd.key_hash.base = (const char *)hash;
+    cmd.key_hash.len = SHA256_LEN;
+    if (buf_append_str(&body, "{\"accountId\":") != 0 ||
+        buf_append_json_string(&body, r->where.acc.base, r->where.acc.len) != 0 ||
+        buf_printf(&body, ",\"apiKey\":\"%s\"}", key) != 0) {
+        buf_free(&body);
+        return AE_INTERNAL;
+    }
+    {
+        size_t len;
+        char *p = buf_steal(&body, &len);
+        propose(a, req, &cmd, 201, p, len);
+    }
+    memset(key, 0, sizeof key);
+    memset(raw, 0, sizeof raw);
+    return 0;
+}
+
+/* --- Reads ------------------------------------------------------------ */
+
+static void redispatch(struct api *a, struct http_request *req, unsigned gate);
+static void api_check_cb(uv_check_t *c);
+
+static void barrier_cb(struct consensus_read *read, int status)
+{
+    struct api_op *op = CONTAINER_OF(read, struct api_op, read);
+    struct api *a = op->api;
+    struct http_request *req = op->req;
+
+    op->req = NULL;
+    op_free(op);
+    if (req == NULL) {
+        return; /* already answered by the timeout */
+    }
+    if (status != CONSENSUS_OK) {
+        respond_error(a, req, status == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
+                                                            : AE_UNAVAILABLE,
+                      NULL);
+        return;
+    }
+    redispatch(a, req, (unsigned)(uintptr_t)req->data | GATE_BARRIER);
+}
+
+static struct api_op *op_new(struct api *a, struct http_request *req,
+                             enum op_kind kind, uint64_t timeout)
+{
+    struct api_op *op = calloc(1, sizeof *op);
+
+    if (op == NULL) {
+        return NULL;
+    }
+    op->api = a;
+    op->req = req;
+    op->kind = kind;
+    op->deadline = uv_now(a->cfg.loop) + timeout;
+    a->pending++;
+    list_push(op_list_of(a, op), op);
+    return op;
+}
+
+enum level { LEVEL_LINEARIZABLE, LEVEL_LEADER, LEVEL_STALE };
+
+/* Decide whether a read can be served now. Returns 1 to serve, 0 when the
+ * request was deferred or answered. */
+static int read_gate(struct api *a, struct http_request *req,
+                     const struct route *r)
+{
+    unsigned gate = (unsigned)(uintptr_t)req->data;
+    const struct http_header *h;
+    struct buf v = BUF_INIT;
+    enum level level = LEVEL_LINEARIZABLE;
+    int explicit_level = 0;
+    uint64_t min_index = 0;
+    struct consensus_info info;
+    int rv;
+
+    rv = query_param(r, "consistency", &v);
+    if (rv == 0 && (h = http_request_header(req, "x-context-consistency")) != NULL) {
+        buf_reset(&v);
+        rv = buf_append(&v, h->value, h->value_len) == 0 ? 1 : -1;
+    }
+    if (rv > 0) {
+        explicit_level = 1;
+        if (bytes_eq(v.base, v.len, "linearizable")) {
+            level = LEVEL_LINEARIZABLE;
+        } else if (bytes_eq(v.base, v.len, "leader")) {
+            level = LEVEL_LEADER;
+        } else if (bytes_eq(v.base, v.len, "stale")) {
+            level = LEVEL_STALE;
+        } else {
+            rv = -1;
+        }
+    }
+    buf_free(&v);
+    if (rv < 0) {
+        respond_error(a, req, AE_BAD_REQUEST,
+                      "consistency must be linearizable, leader or stale");
+        return 0;
+    }
+    h = http_request_header(req, "x-context-min-index");
+    if (h != NULL) {
+        if (api_parse_uint(h->value, h->value_len, UINT64_MAX, &min_index) != 0) {
+            respond_error(a, req, AE_BAD_REQUEST,
+                          "X-Context-Min-Index must be an integer");
+            return 0;
+        }
+        if (!(gate & GATE_MIN_INDEX) &&
+            storage_applied_index(a->cfg.storage) < min_index) {
+            struct api_op *op = op_new(a, req, OP_MIN, a->cfg.read_timeout_ms);
+            if (op == NULL) {
+                respond_error(a, req, AE_INTERNAL, "out of memory");
+                return 0;
+            }
+            op->min_index = min_index;
+            uv_check_start(&a->check, api_check_cb);
+            return 0;
+        }
+        if (!explicit_level) {
+            return 1; /* the index token alone: serve locally */
+        }
+    }
+    if (level == LEVEL_STALE || (gate & GATE_BARRIER)) {
+        return 1;
+    }
+    consensus_info(a->cfg.consensus, &info);
+    if (!info.is_leader) {
+        respond_error(a, req, AE_UNAVAILABLE, NULL);
+        return 0;
+    }
+    if (level == LEVEL_LEADER) {
+        return 1;
+    }
+    {
+        struct api_op *op = op_new(a, req, OP_BARRIER, a->cfg.read_timeout_ms);
+        if (op == NULL) {
+            respond_error(a, req, AE_INTERNAL, "out of memory");
+            return 0;
+        }
+        op->read.data = op;
+        op->read.cb = barrier_cb;
+        rv = consensus_barrier(a->cfg.consensus, &op->read);
+        if (rv != CONSENSUS_OK) {
+            op->req = NULL;
+            op_free(op);
+            respond_error(a, req, rv == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
+                                                            : AE_UNAVAILABLE,
+                          NULL);
+        }
+    }
+    return 0;
+}
+
+/* Split ?include=a,b into names pointing into out. */
+static int parse_include(const struct route *r, struct buf *raw,
+                         struct cmd_bytes **names, size_t *n)
+{
+    size_t count = 1, i, start = 0;
+    int rv = query_param(r, "include", raw);
+
+    *names = NULL;
+    *n = 0;
+    if (rv <= 0) {
+        return rv < 0 ? AE_UTF8 : 0;
+    }
+    for (i = 0; i < raw->len; i++) {
+        count += raw->base[i] == ',';
+    }
+    *names = calloc(count, sizeof **names);
+    if (*names == NULL) {
+        return AE_INTERNAL;
+    }
+    for (i = 0; i <= raw->len; i++) {
+        if (i == raw->len || raw->base[i] == ',') {
+            if (i > start) {
+                (*names)[*n].base = raw->base + start;
+                (*names)[*n].len = (uint32_t)(i - start);
+                (*n)++;
+            }
+            start = i + 1;
+        }
+    }
+    if (*n == 0) {
+        /* include= with no names asks for nothing. */
+        (*names)[0].base = "";
+        (*names)[0].len = 0;
+        *n = 0;
+    }
+    return 0;
+}
+
+static int parse_paging(const struct route *r, uint64_t *page, uint64_t *per)
+{
+    struct buf v = BUF_INIT;
+    int rv;
+
+    *page = 0;
+    *per = API_DEFAULT_PER_PAGE;
+    rv = query_param(r, "page", &v);
+    if (rv < 0 || (rv > 0 && api_parse_uint(v.base, v.len, UINT32_MAX, page) != 0)) {
+        buf_free(&v);
+        return AE_BAD_PAGING;
+    }
+    rv = query_param(r, "perPage", &v);
+    if (rv < 0 || (rv > 0 && (api_parse_uint(v.base, v.len, API_MAX_PER_PAGE, per) != 0 ||
+                              *per == 0))) {
+        buf_free(&v);
+        return AE_BAD_PAGING;
+    }
+    buf_free(&v);
+    return 0;
+}
+
+static int handle_read(struct api *a, struct http_request *req,
+                       struct route *r)
+{
+    struct buf out = BUF_INIT;
+    struct buf raw = BUF_INIT;
+    struct cmd_bytes *names = NULL;
+    size_t n_names = 0;
+    uint64_t version = 0, page, per;
+    uint64_t now = wall_ms();
+    char extra[128];
+    int rv = 0, st = STORAGE_OK;
+    int etag = 0;
+
+    if (r->id != R_ACCOUNT && (rv = check_where(r, 0)) != 0) {
+        return rv;
+    }
+    if ((r->id == R_SESSION_IDS || r->id == R_SESSION_PROPS) &&
+        (rv = parse_paging(r, &page, &per)) != 0) {
+        return rv;
+    }
+    if (r->id == R_PROPS && (rv = parse_include(r, &raw, &names, &n_names)) != 0) {
+        buf_free(&raw);
+        return rv;
+    }
+    if (!read_gate(a, req, r)) {
+        free(names);
+        buf_free(&raw);
+        return 0;
+    }
+    switch (r->id) {
+        case R_ACCOUNT:
+            st = storage_ns_list(a->cfg.storage, r->where.acc.base,
+                                 r->where.acc.len, &out);
+            break;
+        case R_PROPS:
+            st = storage_props_get(a->cfg.storage, &r->where,
+                                   names != NULL ? names : NULL,
+                                   names != NULL ? n_names : 0, now, &out,
+                                   &version);
+            etag = 1;
+            break;
+        case R_PROP:
+            st = storage_prop_get(a->cfg.storage, &r->where, now, &out);
+            if (st == STORAGE_ENOTFOUND &&
+                storage_ns_exists(a->cfg.storage, r->where.acc.base,
+                                  r->where.acc.len, r->where.ns.base,
+                                  r->where.ns.len)) {
+                rv = AE_PROP_NOT_FOUND;
+            }
+            break;
+        case R_SESSION_IDS:
+            st = storage_session_ids(a->cfg.storage, &r->where, page, per, now,
+                                     &out);
+            break;
+        case R_SESSION_PROPS:
+            st = storage_session_props(a->cfg.storage, &r->where, page, per,
+                                       now, &out);
+            break;
+        case R_SESSION_TTL:
+            st = storage_session_ttls(a->cfg.storage, &r->where, &out);
+            break;
+        default:
+            st = STORAGE_EINTERNAL;
+            break;
+    }
+    free(names);
+    buf_free(&raw);
+    if (rv == 0 && st == STORAGE_ENOTFOUND) {
+        rv = AE_NS_NOT_FOUND;
+    } else if (rv == 0 && st != STORAGE_OK) {
+        rv = AE_INTERNAL;
+    }
+    if (rv != 0) {
+        buf_free(&out);
+        return rv;
+    }
+    if (etag) {
+        snprintf(extra, sizeof extra,
+                 "ETag: \"%llu\"\r\nX-Context-Index: %llu\r\n",
+                 (unsigned long long)version,
+                 (unsigned long long)storage_applied_index(a->cfg.storage));
+    } else {
+        snprintf(extra, sizeof extra, "X-Context-Index: %llu\r\n",
+                 (unsigned long long)storage_applied_index(a->cfg.storage));
+    }
+    respond(a, req, 200, extra, out.base, out.len);
+    buf_free(&out);
+    return 0;
+}
+
+/* --- Dispatch --------------------------------------------------------- */
+
+static void handle_health(struct api *a, struct http_request *req,
+                          enum route_id id)
+{
+    struct consensus_info info;
+    static const char ok[] = "{\"status\":\"ok\"}";
+    static const char ready[] = "{\"status\":\"ready\"}";
+
+    if (id == R_HEALTHZ) {
+        respond(a, req, 200, NULL, ok, sizeof ok - 1);
+        return;
+    }
+    consensus_info(a->cfg.consensus, &info);
+    if (a->closing || info.leader_id == 0 ||
+        info.applied_index < info.commit_index) {
+        struct buf body = BUF_INIT;
+        const char *why = a->closing             ? "shutting down"
+                          : info.leader_id == 0 ? "no known leader"
+                                                : "catching up";
+        if (buf_printf(&body, "{\"code\":\"not_ready\",\"message\":\"%s\"}",
+                       why) != 0) {
+            respond(a, req, 503, NULL, NULL, 0);
+        } else {
+            respond(a, req, 503, NULL, body.base, body.len);
+        }
+        buf_free(&body);
+        return;
+    }
+    respond(a, req, 200, NULL, ready, sizeof ready - 1);
+}
+
+static void dispatch(struct api *a, struct http_request *req)
+{
+    struct route r;
+    int rv;
+
+    rv = route_match(req, &r);
+    if (rv != 0) {
+        respond_error(a, req, (enum api_error)rv, "invalid path segment");
+        goto out;
+    }
+    if (r.id == R_NONE) {
+        respond_error(a, req, AE_NOT_FOUND, NULL);
+        goto out;
+    }
+    if (!method_allowed(r.id, req->method)) {
+        respond_method(a, req, r.id);
+        goto out;
+    }
+    if (r.id == R_HEALTHZ || r.id == R_READYZ) {
+        handle_health(a, req, r.id);
+        goto out;
+    }
+    if (a->closing) {
+        respond_error(a, req, AE_SHUTTING_DOWN, NULL);
+        goto out;
+    }
+    if (r.id == R_ADMIN_KEY) {
+        rv = auth_admin(a, req) ? handle_admin_key(a, req, &r) : AE_UNAUTHORIZED;
+    } else if (!auth_account(a, req, &r)) {
+        rv = AE_UNAUTHORIZED;
+    } else if (req->method == HTTP_GET) {
+        rv = handle_read(a, req, &r);
+    } else {
+        rv = handle_write(a, req, &r);
+    }
+    if (rv != 0) {
+        respond_error(a, req, (enum api_error)rv, NULL);
+    }
+out:
+    route_free(&r);
+}
+
+static void redispatch(struct api *a, struct http_request *req, unsigned gate)
+{
+    req->data = (void *)(uintptr_t)gate;
+    dispatch(a, req);
+}
+
+void api_handle(void *ctx, struct http_request *req)
+{
+    struct api *a = ctx;
+
+    req->data = NULL;
+    dispatch(a, req);
+}
+
+/* --- Timeouts and min-index waiters ----------------------------------- */
+
+static void expire_list(struct api *a, struct op_list *l, uint64_t now,
+                        enum api_error e)
+{
+    while (l->head != NULL && l->head->deadline <= now) {
+        struct api_op *op = l->head;
+        struct http_request *req = op->req;
+
+        list_remove(l, op);
+        op->req = NULL;
+        if (req != NULL) {
+            respond_error(a, req, e, NULL);
+        }
+        if (op->kind == OP_MIN) {
+            op_free(op); /* nothing else refers to it */
+        }
+        /* OP_WRITE / OP_BARRIER: freed by their consensus callback. */
+    }
+}
+
+static void api_timer_cb(uv_timer_t *t)
+{
+    struct api *a = t->data;
+    uint64_t now = uv_now(a->cfg.loop);
+
+    expire_list(a, &a->writes, now, AE_UNKNOWN_OUTCOME);
+    expire_list(a, &a->barriers, now, AE_READ_TIMEOUT);
+    expire_list(a, &a->mins, now, AE_READ_TIMEOUT);
+}
+
+/* After each loop turn: serve the waiters whose index has been applied. */
+static void api_check_cb(uv_check_t *c)
+{
+    struct api *a = c->data;
+    uint64_t applied = storage_applied_index(a->cfg.storage);
+    struct api_op *op = a->mins.head;
+
+    while (op != NULL) {
+        struct api_op *next = op->next;
+        if (op->min_index <= applied) {
+            struct http_request *req = op->req;
+            op->req = NULL;
+            op_free(op);
+            if (req != NULL) {
+                redispatch(a, req, (unsigned)(uintptr_t)req->data | GATE_MIN_INDEX);
+            }
+        }
+        op = next;
+    }
+    if (a->mins.head == NULL) {
+        uv_check_stop(&a->check);
+    }
+}
+
+/* --- Life cycle ------------------------------------------------------- */
+
+int api_init(struct api **out, const struct api_config *cfg)
+{
+    struct api *a = calloc(1, sizeof *a);
+
+    if (a == NULL) {
+        return -1;
+    }
+    a->cfg = *cfg;
+    a->admin_token = strdup(cfg->admin_token != NULL ? cfg->admin_token : "");
+    if (a->admin_token == NULL) {
+        free(a);
+        return -1;
+    }
+    a->cfg.admin_token = a->admin_token;
+    if (a->cfg.write_timeout_ms == 0) {
+        a->cfg.write_timeout_ms = 10000;
+    }
+    if (a->cfg.read_timeout_ms == 0) {
+        a->cfg.read_timeout_ms = 5000;
+    }
+    snprintf(a->node_header, sizeof a->node_header, "X-Context-Node: %llu\r\n",
+             (unsigned long long)cfg->node_id);
+    uv_timer_init(cfg->loop, &a->timer);
+    uv_check_init(cfg->loop, &a->check);
+    a->timer.data = a;
+    a->check.data = a;
+    a->open_handles = 2;
+    uv_timer_start(&a->timer, api_timer_cb, API_TICK_MS, API_TICK_MS);
+    uv_unref((uv_handle_t *)&a->timer);
+    *out = a;
+    return 0;
+}
+
+void api_shutdown(struct api *a)
+{
+    a->closing = 1;
+}
+
+unsigned api_pending(const struct api *a)
+{
+    return a->pending;
+}
+
+static void api_handle_closed(uv_handle_t *h)
+{
+    struct api *a = h->data;
+
+    if (--a->open_handles == 0) {
+        buf_free(&a->scratch);
+        free(a->admin_token);
+        free(a);
+    }
+}
+
+void api_close(struct api *a)
+{
+    /* Min-index waiters have no callback to wait for: answer them now. */
+    while (a->mins.head != NULL) {
+        struct api_op *op = a->mins.head;
+        if (op->req != NULL) {
+            respond_error(a, op->req, AE_SHUTTING_DOWN, NULL);
+            op->req = NULL;
+        }
+        op_free(op);
+    }
+    a->freeing = 1;
+    uv_close((uv_handle_t *)&a->timer, api_handle_closed);
+    uv_close((uv_handle_t *)&a->check, api_handle_closed);
+}
