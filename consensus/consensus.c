@@ -19,6 +19,13 @@
  * and leaves it to us on failure, it never frees it on error paths since
  * logDiscard does not destroy entries).
  *
+ * Padding. raft_uv writes entry payloads in units of 8 bytes and requires
+ * len % 8 == 0 (an assert in uvSegmentBufferAppend that release builds
+ * drop; a shorter payload writes a segment that no longer loads). So the
+ * raft buffer is the entry followed by up to 7 zero bytes, and apply strips
+ * them (consensus_entry_unpad) before storage, whose decoder rejects
+ * trailing bytes, sees the entry.
+ *
  * Results. libraft 0.15 does not pass the entry index to fsm->apply, but
  * replicationApply() sets last_applied only after the apply returns, so the
  * entry being applied is raft_last_applied() + 1. The apply `result` pointer
@@ -87,6 +94,7 @@
 #define CONSENSUS_BATCH_MAX_BYTES (4u * 1024 * 1024) /* bytes per entry */
 #define CONSENSUS_BATCH_MAX_CMDS 4096u               /* commands per entry */
 #define CONSENSUS_CMD_LEN_SIZE 4 /* bytes: the len:u32 before each command */
+#define CONSENSUS_ENTRY_ALIGN 8  /* bytes: raft_uv's entry length unit */
 #define CONSENSUS_TIME_OFFSET 4  /* bytes: magic, version, reserved:u16 come
                                     before time_ms in the entry header */
 
@@ -199,6 +207,38 @@ static int consensus_map_raft(const struct consensus *c, int rv)
 
 /* --- The state machine ------------------------------------------------ */
 
+/* Length of the entry without the zero padding added at submit: the bytes up
+ * to the end of the last declared command, when at most ALIGN - 1 zero bytes
+ * follow. Anything else is returned whole, for storage to judge. */
+static size_t consensus_entry_unpad(const void *p, size_t len)
+{
+    struct cmd_entry e;
+    const char *rec;
+    size_t rec_len;
+    size_t used;
+    size_t i;
+    uint32_t n;
+
+    if (cmd_entry_open(p, len, &e) != 0) {
+        return len;
+    }
+    for (n = 0; n < e.count; n++) {
+        if (cmd_entry_next(&e, &rec, &rec_len) != 1) {
+            return len;
+        }
+    }
+    used = (size_t)(e.p - (const char *)p);
+    if (len - used >= CONSENSUS_ENTRY_ALIGN) {
+        return len;
+    }
+    for (i = used; i < len; i++) {
+        if (((const char *)p)[i] != 0) {
+            return len;
+        }
+    }
+    return used;
+}
+
 static int consensus_fsm_apply(struct raft_fsm *fsm,
                                const struct raft_buffer *buf, void **result)
 {
@@ -214,7 +254,9 @@ static int consensus_fsm_apply(struct raft_fsm *fsm,
     c->results_n = 0;
     c->results_index = 0;
 
-    rv = storage_apply(c->storage, index, buf->base, buf->len, &results, &n);
+    rv = storage_apply(c->storage, index, buf->base,
+                       consensus_entry_unpad(buf->base, buf->len), &results,
+                       &n);
     switch (rv) {
         case STORAGE_OK:
             c->results = results;
@@ -389,13 +431,15 @@ static void consensus_batch_submit(struct consensus *c,
     int rv;
 
     consensus_entry_stamp(&b->entry, consensus_now_ms());
-    rb.len = b->entry.len;
+    rb.len = (b->entry.len + CONSENSUS_ENTRY_ALIGN - 1) /
+             CONSENSUS_ENTRY_ALIGN * CONSENSUS_ENTRY_ALIGN;
     rb.base = raft_malloc(rb.len);
     if (rb.base == NULL) {
         consensus_batch_complete(c, b, CONSENSUS_ENOMEM, 0);
         return;
     }
-    memcpy(rb.base, b->entry.base, rb.len);
+    memcpy(rb.base, b->entry.base, b->entry.len);
+    memset((char *)rb.base + b->entry.len, 0, rb.len - b->entry.len);
     buf_free(&b->entry);
 
     b->req.data = b;

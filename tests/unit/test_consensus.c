@@ -1,0 +1,661 @@
+/* Tests for consensus/: a real raft_uv node on a fresh temporary directory
+ * and a free loopback port, driven by uv_run with a bounded watchdog.
+ *
+ * The fixture runs the loop until a predicate holds (polled every few ms) or
+ * the watchdog fires, which fails the test. Proposals made from the test body
+ * between two runs all land in the same loop turn, so they form one entry. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "../../consensus/consensus.h"
+#include "../../lib/buf.h"
+#include "../../storage/command.h"
+#include "../../storage/storage.h"
+
+#define WATCHDOG_MS 15000 /* ms before a run is declared stuck */
+#define POLL_MS 2         /* ms between predicate checks */
+#define MAX_PROPS 64      /* proposals one test tracks */
+
+struct fixture;
+typedef int (*fixture_pred)(struct fixture *f);
+
+/* One node under test and the bookkeeping of its callbacks. */
+struct fixture
+{
+    uv_loop_t loop;                 /* private loop */
+    uv_timer_t poll;                /* checks pred every POLL_MS */
+    uv_timer_t watchdog;            /* stops a stuck run */
+    fixture_pred pred;              /* what the current run waits for */
+    int timed_out;                  /* the watchdog fired */
+    char dir[64];                   /* raft data dir (mkdtemp) */
+    char addr[32];                  /* 127.0.0.1:port */
+    struct storage *storage;        /* state machine */
+    struct consensus *c;            /* node under test, NULL once closed */
+    struct consensus_config cfg;    /* its configuration */
+    int closed;                     /* close callback count */
+    struct consensus_propose props[MAX_PROPS]; /* proposals */
+    int prop_calls[MAX_PROPS];      /* callback count per proposal */
+    int prop_status[MAX_PROPS];     /* consensus status per proposal */
+    struct storage_result prop_result[MAX_PROPS]; /* copied results */
+    int n_done;                     /* proposal callbacks so far */
+    struct consensus_read reads[MAX_PROPS]; /* reads */
+    int read_calls[MAX_PROPS];      /* callback count per read */
+    int read_status[MAX_PROPS];     /* status per read */
+    int n_reads_done;               /* read callbacks so far */
+    int chain_left;                 /* proposals still to chain (restart) */
+};
+
+/* --- Fixture ------------------------------------------------------------ */
+
+static void free_port_addr(char *out, size_t len)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(out, len, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    close(fd);
+}
+
+static void poll_cb(uv_timer_t *t)
+{
+    struct fixture *f = t->data;
+
+    if (f->pred != NULL && f->pred(f)) {
+        uv_stop(&f->loop);
+    }
+}
+
+static void watchdog_cb(uv_timer_t *t)
+{
+    struct fixture *f = t->data;
+
+    f->timed_out = 1;
+    uv_stop(&f->loop);
+}
+
+/* Run the loop until pred(f) holds; fail when the watchdog fires first. */
+static void run_until(struct fixture *f, fixture_pred pred)
+{
+    f->pred = pred;
+    f->timed_out = 0;
+    uv_timer_start(&f->poll, poll_cb, POLL_MS, POLL_MS);
+    uv_timer_start(&f->watchdog, watchdog_cb, WATCHDOG_MS, 0);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&f->poll);
+    uv_timer_stop(&f->watchdog);
+    f->pred = NULL;
+    assert_false(f->timed_out);
+}
+
+static void node_start(struct fixture *f)
+{
+    char errmsg[256];
+    int rv;
+
+    assert_int_equal(storage_open(&f->storage), 0);
+    f->cfg.loop = &f->loop;
+    f->cfg.storage = f->storage;
+    rv = consensus_start(&f->c, &f->cfg, errmsg, sizeof errmsg);
+    if (rv != 0) {
+        fail_msg("consensus_start: %s", errmsg);
+    }
+}
+
+static void closed_cb(void *data)
+{
+    struct fixture *f = data;
+
+    f->closed++;
+}
+
+static int pred_closed(struct fixture *f)
+{
+    return f->closed > 0;
+}
+
+static void node_stop(struct fixture *f)
+{
+    if (f->c != NULL) {
+        consensus_close(f->c, closed_cb, f);
+        run_until(f, pred_closed);
+        assert_int_equal(f->closed, 1);
+        f->c = NULL;
+        f->closed = 0;
+    }
+    if (f->storage != NULL) {
+        storage_close(f->storage);
+        f->storage = NULL;
+    }
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+
+    assert_non_null(f);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    uv_timer_init(&f->loop, &f->poll);
+    uv_timer_init(&f->loop, &f->watchdog);
+    f->poll.data = f;
+    f->watchdog.data = f;
+    strcpy(f->dir, "/tmp/ctxd-consensus-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    free_port_addr(f->addr, sizeof f->addr);
+    f->cfg.id = 1;
+    f->cfg.raft_addr = f->addr;
+    f->cfg.data_dir = f->dir;
+    f->cfg.election_timeout_ms = 200;
+    f->cfg.heartbeat_ms = 20;
+    *state = f;
+    return 0;
+}
+
+static void remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[512];
+
+    if (d == NULL) {
+        return;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+            continue;
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    node_stop(f);
+    uv_close((uv_handle_t *)&f->poll, NULL);
+    uv_close((uv_handle_t *)&f->watchdog, NULL);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    remove_dir(f->dir);
+    free(f);
+    return 0;
+}
+
+/* --- Helpers ------------------------------------------------------------ */
+
+static int pred_leader(struct fixture *f)
+{
+    struct consensus_info info;
+
+    consensus_info(f->c, &info);
+    return info.is_leader;
+}
+
+static int pred_all_done(struct fixture *f)
+{
+    int i;
+
+    for (i = 0; i < MAX_PROPS; i++) {
+        if (f->props[i].cb != NULL && f->prop_calls[i] == 0) {
+            return 0;
+        }
+        if (f->reads[i].cb != NULL && f->read_calls[i] == 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void prop_cb(struct consensus_propose *req, int status,
+                    const struct storage_result *result)
+{
+    struct fixture *f = req->data;
+    int i = (int)(req - f->props);
+
+    f->prop_calls[i]++;
+    f->prop_status[i] = status;
+    if (status == CONSENSUS_OK) {
+        assert_non_null(result);
+        f->prop_result[i] = *result;
+    }
+    f->n_done++;
+}
+
+static void read_cb(struct consensus_read *req, int status)
+{
+    struct fixture *f = req->data;
+    int i = (int)(req - f->reads);
+
+    f->read_calls[i]++;
+    f->read_status[i] = status;
+    f->n_reads_done++;
+}
+
+/* Encode a command into enc (reset first). */
+static void encode(struct buf *enc, uint8_t op, const char *ns, const char *sid,
+                   const char *name, const char *value, int64_t ttl,
+                   uint64_t if_match)
+{
+    struct cmd cmd;
+
+    memset(&cmd, 0, sizeof cmd);
+    cmd.op = op;
+    cmd.ttl = ttl;
+    cmd.if_match = if_match;
+    cmd.acc.base = "acc";
+    cmd.acc.len = 3;
+    cmd.ns.base = ns;
+    cmd.ns.len = (uint32_t)strlen(ns);
+    if (sid != NULL) {
+        cmd.sid.base = sid;
+        cmd.sid.len = (uint32_t)strlen(sid);
+    }
+    if (name != NULL) {
+        cmd.name.base = name;
+        cmd.name.len = (uint32_t)strlen(name);
+    }
+    if (value != NULL) {
+        cmd.value.base = value;
+        cmd.value.len = (uint32_t)strlen(value);
+    }
+    buf_reset(enc);
+    assert_int_equal(cmd_encode(&cmd, enc), 0);
+}
+
+/* Propose into slot i of the fixture. */
+static int propose(struct fixture *f, int i, const struct buf *enc)
+{
+    f->props[i].data = f;
+    f->props[i].cb = prop_cb;
+    return consensus_propose(f->c, &f->props[i], enc->base, enc->len);
+}
+
+static void propose_ns(struct fixture *f, int i, const char *ns, int64_t ttl)
+{
+    struct buf enc = BUF_INIT;
+
+    encode(&enc, CMD_NS_PUT, ns, NULL, NULL, NULL, ttl, 0);
+    assert_int_equal(propose(f, i, &enc), CONSENSUS_OK);
+    buf_free(&enc);
+}
+
+static void start_leader(struct fixture *f)
+{
+    node_start(f);
+    run_until(f, pred_leader);
+}
+
+/* --- consensus_propose ---------------------------------------------------- */
+
+static void a_one_node_cluster_applies_a_proposal_at_its_entry_index(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info info;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+
+    consensus_info(f->c, &info);
+    assert_int_equal(f->prop_calls[0], 1);
+    assert_int_equal(f->prop_status[0], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[0].status, STORAGE_OK);
+    assert_int_equal(f->prop_result[0].index, info.last_index);
+    assert_int_equal(info.applied_index, info.last_index);
+    assert_int_equal(storage_applied_index(f->storage), info.last_index);
+    assert_int_equal(storage_ns_exists(f->storage, "acc", 3, "ns1", 3), 1);
+    assert_int_equal(info.pending, 0);
+}
+
+static void proposals_of_one_loop_turn_share_one_entry_with_own_results(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+    struct buf enc = BUF_INIT;
+    char name[16];
+    int i;
+    const int n = 8;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &before);
+
+    for (i = 1; i <= n; i++) {
+        snprintf(name, sizeof name, "p%d", i);
+        /* Slot 4 requires a session version that does not exist. */
+        encode(&enc, CMD_PROP_PUT, "ns1", "s1", name, "1.1", -1,
+               i == 4 ? 999 : 0);
+        assert_int_equal(propose(f, i, &enc), CONSENSUS_OK);
+    }
+    buf_free(&enc);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.pending, (unsigned)n);
+    run_until(f, pred_all_done);
+
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 1);
+    for (i = 1; i <= n; i++) {
+        assert_int_equal(f->prop_calls[i], 1);
+        assert_int_equal(f->prop_status[i], CONSENSUS_OK);
+        assert_int_equal(f->prop_result[i].index, after.last_index);
+        assert_int_equal(f->prop_result[i].status,
+                         i == 4 ? STORAGE_EPRECONDITION : STORAGE_OK);
+    }
+    assert_int_equal(after.pending, 0);
+}
+
+static void a_proposal_over_max_pending_is_refused_with_ebusy(void **state)
+{
+    struct fixture *f = *state;
+    struct buf enc = BUF_INIT;
+    struct consensus_propose extra = {f, prop_cb, NULL, 0, NULL};
+
+    f->cfg.max_pending = 2;
+    start_leader(f);
+    encode(&enc, CMD_NS_PUT, "ns1", NULL, NULL, NULL, -1, 0);
+    assert_int_equal(propose(f, 0, &enc), CONSENSUS_OK);
+    assert_int_equal(propose(f, 1, &enc), CONSENSUS_OK);
+    assert_int_equal(consensus_propose(f->c, &extra, enc.base, enc.len),
+                     CONSENSUS_EBUSY);
+    buf_free(&enc);
+    run_until(f, pred_all_done);
+    assert_int_equal(f->prop_status[0], CONSENSUS_OK);
+    assert_int_equal(f->prop_status[1], CONSENSUS_OK);
+}
+
+static void a_node_without_quorum_refuses_proposals_and_reads(void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_member members[2];
+    char other[32];
+    struct buf enc = BUF_INIT;
+
+    free_port_addr(other, sizeof other);
+    members[0].id = 1;
+    members[0].raft_addr = f->addr;
+    members[1].id = 2;
+    members[1].raft_addr = other;
+    f->cfg.members = members;
+    f->cfg.n_members = 2;
+    node_start(f);
+
+    encode(&enc, CMD_NS_PUT, "ns1", NULL, NULL, NULL, -1, 0);
+    f->props[0].cb = prop_cb;
+    f->props[0].data = f;
+    assert_int_equal(consensus_propose(f->c, &f->props[0], enc.base, enc.len),
+                     CONSENSUS_ENOTLEADER);
+    f->reads[0].cb = read_cb;
+    f->reads[0].data = f;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[0]),
+                     CONSENSUS_ENOTLEADER);
+    buf_free(&enc);
+    f->props[0].cb = NULL;
+    f->reads[0].cb = NULL;
+}
+
+/* --- consensus_barrier ----------------------------------------------------- */
+
+static void reads_waiting_together_share_one_barrier(void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+    int i;
+    const int n = 5;
+
+    start_leader(f);
+    consensus_info(f->c, &before);
+    for (i = 0; i < n; i++) {
+        f->reads[i].data = f;
+        f->reads[i].cb = read_cb;
+        assert_int_equal(consensus_barrier(f->c, &f->reads[i]), CONSENSUS_OK);
+    }
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 1);
+    assert_int_equal(after.applied_index, after.last_index);
+    for (i = 0; i < n; i++) {
+        assert_int_equal(f->read_calls[i], 1);
+        assert_int_equal(f->read_status[i], CONSENSUS_OK);
+    }
+}
+
+/* --- restart --------------------------------------------------------------- */
+
+static void chain_cb(struct consensus_propose *req, int status,
+                     const struct storage_result *result);
+
+static void chain_next(struct fixture *f)
+{
+    struct buf enc = BUF_INIT;
+    char name[16];
+    char value[16];
+    int i = f->chain_left - 1;
+
+    snprintf(name, sizeof name, "p%d", i % 7);
+    snprintf(value, sizeof value, "%d", i);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", name, value, -1, 0);
+    f->props[0].data = f;
+    f->props[0].cb = chain_cb;
+    assert_int_equal(
+        consensus_propose(f->c, &f->props[0], enc.base, enc.len),
+        CONSENSUS_OK);
+    buf_free(&enc);
+}
+
+/* Each proposal is made from the previous one's callback, so each becomes
+ * an entry of its own. */
+static void chain_cb(struct consensus_propose *req, int status,
+                     const struct storage_result *result)
+{
+    struct fixture *f = req->data;
+
+    assert_int_equal(status, CONSENSUS_OK);
+    assert_int_equal(result->status, STORAGE_OK);
+    f->chain_left--;
+    if (f->chain_left > 0) {
+        chain_next(f);
+    }
+}
+
+static int pred_chain_done(struct fixture *f)
+{
+    return f->chain_left == 0;
+}
+
+static int dir_has_snapshot(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "snapshot-", 9) == 0) {
+            found = 1;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static void a_restart_rebuilds_the_same_state_from_snapshot_and_log(
+    void **state)
+{
+    struct fixture *f = *state;
+    uint8_t before[32];
+    uint8_t after[32];
+    struct consensus_info info;
+    uint64_t last;
+
+    f->cfg.snapshot_threshold = 16;
+    f->cfg.snapshot_trailing = 4;
+    start_leader(f);
+    propose_ns(f, 1, "ns1", -1);
+    run_until(f, pred_all_done);
+    f->chain_left = 45;
+    chain_next(f);
+    run_until(f, pred_chain_done);
+
+    consensus_info(f->c, &info);
+    last = info.last_index;
+    assert_true(last >= 46);
+    assert_int_equal(storage_digest(f->storage, before), 0);
+    node_stop(f);
+    assert_true(dir_has_snapshot(f->dir));
+
+    start_leader(f);
+    consensus_info(f->c, &info);
+    assert_int_equal(info.applied_index, last);
+    assert_int_equal(storage_applied_index(f->storage), last);
+    assert_int_equal(storage_digest(f->storage, after), 0);
+    assert_memory_equal(before, after, sizeof before);
+}
+
+/* --- consensus_close -------------------------------------------------------- */
+
+static void closing_fails_pending_requests_once_and_refuses_new_ones(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct buf enc = BUF_INIT;
+    int i;
+
+    start_leader(f);
+    encode(&enc, CMD_NS_PUT, "ns1", NULL, NULL, NULL, -1, 0);
+    /* Slot 0 is flushed to raft (in flight); 1 and 2 stay queued. */
+    assert_int_equal(propose(f, 0, &enc), CONSENSUS_OK);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(propose(f, 1, &enc), CONSENSUS_OK);
+    assert_int_equal(propose(f, 2, &enc), CONSENSUS_OK);
+    f->reads[0].data = f;
+    f->reads[0].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[0]), CONSENSUS_OK);
+
+    consensus_close(f->c, closed_cb, f);
+    assert_int_equal(consensus_propose(f->c, &f->props[3], enc.base, enc.len),
+                     CONSENSUS_ESHUTDOWN);
+    assert_int_equal(consensus_barrier(f->c, &f->reads[1]),
+                     CONSENSUS_ESHUTDOWN);
+    buf_free(&enc);
+    run_until(f, pred_closed);
+    f->c = NULL;
+
+    assert_int_equal(f->closed, 1);
+    f->closed = 0;
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(f->prop_calls[i], 1);
+    }
+    assert_true(f->prop_status[0] == CONSENSUS_ESHUTDOWN ||
+                f->prop_status[0] == CONSENSUS_OK);
+    assert_int_equal(f->prop_status[1], CONSENSUS_ESHUTDOWN);
+    assert_int_equal(f->prop_status[2], CONSENSUS_ESHUTDOWN);
+    assert_int_equal(f->prop_calls[3], 0);
+    assert_int_equal(f->read_calls[0], 1);
+    assert_int_equal(f->read_status[0], CONSENSUS_ESHUTDOWN);
+    assert_int_equal(f->read_calls[1], 0);
+}
+
+/* --- purge ------------------------------------------------------------------ */
+
+static int pred_purged(struct fixture *f)
+{
+    struct storage_counts counts;
+
+    assert_int_equal(storage_counts(f->storage, &counts), 0);
+    return counts.properties == 0;
+}
+
+static void the_leader_purges_an_expired_property(void **state)
+{
+    struct fixture *f = *state;
+    struct buf enc = BUF_INIT;
+    struct storage_counts counts;
+    uint64_t t = 0;
+
+    f->cfg.purge_interval_ms = 50;
+    start_leader(f);
+    propose_ns(f, 0, "ns1", 1);
+    run_until(f, pred_all_done);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "p", "true", -1, 0);
+    assert_int_equal(propose(f, 1, &enc), CONSENSUS_OK);
+    buf_free(&enc);
+    run_until(f, pred_all_done);
+    assert_int_equal(f->prop_result[1].status, STORAGE_OK);
+    assert_int_equal(storage_counts(f->storage, &counts), 0);
+    assert_int_equal(counts.properties, 1);
+    assert_int_equal(storage_next_expiry(f->storage, &t), 0);
+
+    run_until(f, pred_purged);
+    assert_int_equal(storage_counts(f->storage, &counts), 0);
+    assert_int_equal(counts.properties, 0);
+    assert_int_equal(storage_next_expiry(f->storage, &t), STORAGE_ENOTFOUND);
+}
+
+/* --- consensus_strerror ------------------------------------------------------ */
+
+static void every_status_has_a_message(void **state)
+{
+    (void)state;
+    assert_string_equal(consensus_strerror(CONSENSUS_OK), "ok");
+    assert_string_equal(consensus_strerror(CONSENSUS_ESHUTDOWN),
+                        "node is shutting down");
+    assert_string_equal(consensus_strerror(99), "unknown error");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            a_one_node_cluster_applies_a_proposal_at_its_entry_index, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            proposals_of_one_loop_turn_share_one_entry_with_own_results, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            a_proposal_over_max_pending_is_refused_with_ebusy, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_node_without_quorum_refuses_proposals_and_reads, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            reads_waiting_together_share_one_barrier, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_restart_rebuilds_the_same_state_from_snapshot_and_log, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            closing_fails_pending_requests_once_and_refuses_new_ones, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(the_leader_purges_an_expired_property,
+                                        setup, teardown),
+        cmocka_unit_test(every_status_has_a_message),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
