@@ -318,9 +318,10 @@ class Resp(tuple):
 
 
 def encode_body(body):
-    """None → None; bytes as is; str → UTF-8; anything else → JSON text."""
-    if body is None or isinstance(body, bytes):
-        return body
+    """None → None; bytes or an iterator of bytes as is; str → UTF-8;
+    anything else → JSON text."""
+    if body is None or isinstance(body, bytes) or hasattr(body, "__next__"):
+        return body     # an iterator is sent chunked by http.client
     if isinstance(body, str):
         return body.encode("utf-8")
     return json.dumps(body).encode("utf-8")
