@@ -447,6 +447,36 @@ static void reads_waiting_together_share_one_barrier(void **state)
     }
 }
 
+static void a_read_arriving_during_a_barrier_waits_for_the_next_one(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+
+    start_leader(f);
+    consensus_info(f->c, &before);
+    f->reads[0].data = f;
+    f->reads[0].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[0]), CONSENSUS_OK);
+    /* One turn: the check issues the barrier for read 0 only. */
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 1);
+    assert_int_equal(f->read_calls[0], 0);
+
+    f->reads[1].data = f;
+    f->reads[1].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[1]), CONSENSUS_OK);
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 2);
+    assert_int_equal(f->read_calls[0], 1);
+    assert_int_equal(f->read_calls[1], 1);
+    assert_int_equal(f->read_status[0], CONSENSUS_OK);
+    assert_int_equal(f->read_status[1], CONSENSUS_OK);
+}
+
 /* --- restart --------------------------------------------------------------- */
 
 static void chain_cb(struct consensus_propose *req, int status,
@@ -646,6 +676,9 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             reads_waiting_together_share_one_barrier, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_read_arriving_during_a_barrier_waits_for_the_next_one, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(
             a_restart_rebuilds_the_same_state_from_snapshot_and_log, setup,
             teardown),
