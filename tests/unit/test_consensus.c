@@ -371,6 +371,32 @@ static void proposals_of_one_loop_turn_share_one_entry_with_own_results(
     assert_int_equal(after.pending, 0);
 }
 
+static void a_malformed_command_fails_alone_while_its_entry_applies(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct buf enc = BUF_INIT;
+    static const char junk[] = {'\x7f', 0, 1, 2, 3}; /* unknown op */
+
+    start_leader(f);
+    f->props[0].data = f;
+    f->props[0].cb = prop_cb;
+    assert_int_equal(
+        consensus_propose(f->c, &f->props[0], junk, sizeof junk),
+        CONSENSUS_OK);
+    encode(&enc, CMD_NS_PUT, "ns1", NULL, NULL, NULL, -1, 0);
+    assert_int_equal(propose(f, 1, &enc), CONSENSUS_OK);
+    buf_free(&enc);
+    run_until(f, pred_all_done);
+
+    assert_int_equal(f->prop_status[0], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[0].status, STORAGE_ECORRUPT);
+    assert_int_equal(f->prop_status[1], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[1].status, STORAGE_OK);
+    assert_int_equal(f->prop_result[0].index, f->prop_result[1].index);
+    assert_int_equal(storage_ns_exists(f->storage, "acc", 3, "ns1", 3), 1);
+}
+
 static void a_proposal_over_max_pending_is_refused_with_ebusy(void **state)
 {
     struct fixture *f = *state;
@@ -668,6 +694,9 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             proposals_of_one_loop_turn_share_one_entry_with_own_results, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            a_malformed_command_fails_alone_while_its_entry_applies, setup,
             teardown),
         cmocka_unit_test_setup_teardown(
             a_proposal_over_max_pending_is_refused_with_ebusy, setup, teardown),
