@@ -155,7 +155,7 @@ class Node:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen([ctxd_path()] + list(argv),
-                                         stdin=subprocess.DEVNULL,
+                                         stdin=subprocess.DEVNULL, cwd=self.tmp,
                                          stdout=log, stderr=log, env=full_env)
         finally:
             log.close()
