@@ -1,1 +1,1834 @@
-/* placeholder until implemented */
+/* The state machine: applies command entries to an in-memory SQLite
+ * database and answers the API's queries from it (see storage.h).
+ *
+ * Invariants:
+ *   - Apply is deterministic. The only inputs are the entry bytes, its Raft
+ *     index and the state; time is the entry's leader stamp made monotonic
+ *     (max with the last applied time, clamped to INT64_MAX), never a clock.
+ *   - An entry is one transaction; each command runs inside a SAVEPOINT, so a
+ *     command that is refused (If-Match, too large, not found, bad record)
+ *     leaves no trace while the others of the entry still apply. A database
+ *     failure (out of memory) rolls back the whole entry and is returned:
+ *     applying half an entry would let replicas diverge.
+ *   - Every key, name and value is stored as a BLOB, so ordering is memcmp
+ *     (SQLite's BINARY order) and embedded NUL bytes survive.
+ *   - The in-memory copies of the applied index, time and purge counter
+ *     change only after COMMIT succeeds; meta holds the same values, so a
+ *     restored snapshot carries them.
+ *   - Prepared statements are made once at open (and restore) and reset and
+ *     unbound after every use; apply does no schema work.
+ *
+ * Snapshots are the SQLite file image (sqlite3_serialize). Restore loads the
+ * image into a new connection, checks the header, PRAGMA integrity_check and
+ * the schema, prepares every statement, and only then replaces the old
+ * connection, so bad bytes leave the current state untouched. */
+#include "storage.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../lib/crypto.h"
+
+/* Schema: see storage.h. properties_expiry serves PURGE and next_expiry;
+ * requests_at serves the dedup window's cleanup. */
+static const char schema_sql[] =
+    "CREATE TABLE accounts(acc BLOB NOT NULL PRIMARY KEY,"
+    " key_hash BLOB NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE namespaces(acc BLOB NOT NULL, ns BLOB NOT NULL,"
+    " created_ms INTEGER NOT NULL, ttl INTEGER,"
+    " PRIMARY KEY(acc, ns)) WITHOUT ROWID;"
+    "CREATE TABLE sessions(acc BLOB NOT NULL, ns BLOB NOT NULL,"
+    " sid BLOB NOT NULL, created_ms INTEGER NOT NULL, ttl INTEGER,"
+    " version INTEGER NOT NULL, PRIMARY KEY(acc, ns, sid)) WITHOUT ROWID;"
+    "CREATE TABLE properties(acc BLOB NOT NULL, ns BLOB NOT NULL,"
+    " sid BLOB NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,"
+    " expires_ms INTEGER, PRIMARY KEY(acc, ns, sid, name)) WITHOUT ROWID;"
+    "CREATE INDEX properties_expiry ON properties(expires_ms)"
+    " WHERE expires_ms IS NOT NULL;"
+    "CREATE TABLE requests(acc BLOB NOT NULL, rid BLOB NOT NULL,"
+    " at_ms INTEGER NOT NULL, status INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " PRIMARY KEY(acc, rid)) WITHOUT ROWID;"
+    "CREATE INDEX requests_at ON requests(at_ms);"
+    "CREATE TABLE nodes(id INTEGER NOT NULL PRIMARY KEY,"
+    " http_addr BLOB NOT NULL, region BLOB NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE meta(k TEXT NOT NULL PRIMARY KEY, v INTEGER NOT NULL)"
+    " WITHOUT ROWID;";
+
+/* Tables in digest/dump order, each with its columns and key order. */
+static const struct
+{
+    const char *name; /* table name */
+    const char *cols; /* every column, in schema order */
+    const char *key;  /* ORDER BY: the primary key */
+} tables[] = {
+    {"accounts", "acc, key_hash", "acc"},
+    {"namespaces", "acc, ns, created_ms, ttl", "acc, ns"},
+    {"sessions", "acc, ns, sid, created_ms, ttl, version", "acc, ns, sid"},
+    {"properties", "acc, ns, sid, name, value, expires_ms",
+     "acc, ns, sid, name"},
+    {"requests", "acc, rid, at_ms, status, idx", "acc, rid"},
+    {"nodes", "id, http_addr, region", "id"},
+    {"meta", "k, v", "k"},
+};
+#define N_TABLES (sizeof tables / sizeof tables[0])
+
+/* Every statement apply and the queries use, prepared once. Parameters:
+ * ?1 acc, ?2 ns, ?3 sid unless the SQL says otherwise. */
+#define STMTS(X)                                                              \
+    X(ST_BEGIN, "BEGIN")                                                      \
+    X(ST_COMMIT, "COMMIT")                                                    \
+    X(ST_ROLLBACK, "ROLLBACK")                                                \
+    X(ST_SAVEPOINT, "SAVEPOINT cmd")                                          \
+    X(ST_ROLLBACK_TO, "ROLLBACK TO cmd")                                      \
+    X(ST_RELEASE, "RELEASE cmd")                                              \
+    X(ST_META_GET, "SELECT v FROM meta WHERE k = ?1")                         \
+    X(ST_META_SET, "INSERT INTO meta(k, v) VALUES(?1, ?2)"                    \
+                   " ON CONFLICT(k) DO UPDATE SET v = excluded.v")            \
+    X(ST_REQ_GET, "SELECT status, idx FROM requests"                          \
+                  " WHERE acc = ?1 AND rid = ?2")                             \
+    X(ST_REQ_PUT, "INSERT OR REPLACE INTO requests(acc, rid, at_ms, status,"  \
+                  " idx) VALUES(?1, ?2, ?3, ?4, ?5)")                         \
+    X(ST_REQ_EXPIRE, "DELETE FROM requests WHERE at_ms < ?1")                 \
+    X(ST_ACC_PUT, "INSERT INTO accounts(acc, key_hash) VALUES(?1, ?2)"        \
+                  " ON CONFLICT(acc) DO UPDATE SET key_hash = excluded.key_hash") \
+    X(ST_ACC_GET, "SELECT key_hash FROM accounts WHERE acc = ?1")             \
+    X(ST_NS_GET, "SELECT created_ms, ttl FROM namespaces"                     \
+                 " WHERE acc = ?1 AND ns = ?2")                               \
+    X(ST_NS_CREATE, "INSERT OR IGNORE INTO namespaces(acc, ns, created_ms,"   \
+                    " ttl) VALUES(?1, ?2, ?3, NULL)")                         \
+    X(ST_NS_SET_TTL, "UPDATE namespaces SET ttl = ?3"                         \
+                     " WHERE acc = ?1 AND ns = ?2")                           \
+    X(ST_NS_DEL, "DELETE FROM namespaces WHERE acc = ?1 AND ns = ?2")         \
+    X(ST_NS_DEL_SESSIONS, "DELETE FROM sessions WHERE acc = ?1 AND ns = ?2")  \
+    X(ST_NS_DEL_PROPS, "DELETE FROM properties WHERE acc = ?1 AND ns = ?2")   \
+    X(ST_NS_LIST, "SELECT ns, created_ms, ttl FROM namespaces"                \
+                  " WHERE acc = ?1 ORDER BY ns")                              \
+    X(ST_SESS_GET, "SELECT ttl, version FROM sessions"                        \
+                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")                \
+    X(ST_SESS_TOUCH, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"    \
+                     " version) VALUES(?1, ?2, ?3, ?4, NULL, ?5)"             \
+                     " ON CONFLICT(acc, ns, sid)"                             \
+                     " DO UPDATE SET version = excluded.version")             \
+    X(ST_SESS_SET_TTL, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"  \
+                       " version) VALUES(?1, ?2, ?3, ?4, ?6, ?5)"             \
+                       " ON CONFLICT(acc, ns, sid) DO UPDATE SET"             \
+                       " ttl = excluded.ttl, version = excluded.version")     \
+    X(ST_SESS_BUMP, "UPDATE sessions SET version = ?4"                        \
+                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")               \
+    X(ST_SESS_TTLS, "SELECT sid, created_ms, ttl FROM sessions"               \
+                    " WHERE acc = ?1 AND ns = ?2 AND ttl IS NOT NULL"         \
+                    " ORDER BY sid")                                          \
+    X(ST_PROP_PUT, "INSERT INTO properties(acc, ns, sid, name, value,"        \
+                   " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"              \
+                   " ON CONFLICT(acc, ns, sid, name) DO UPDATE SET"           \
+                   " value = excluded.value,"                                 \
+                   " expires_ms = excluded.expires_ms")                       \
+    X(ST_PROP_DEL, "DELETE FROM properties"                                   \
+                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4")  \
+    X(ST_PROP_DEL_EXPIRED, "DELETE FROM properties"                           \
+                           " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"         \
+                           " AND expires_ms IS NOT NULL"                      \
+                           " AND expires_ms <= ?4")                           \
+    X(ST_PROP_CLEAR, "DELETE FROM properties"                                 \
+                     " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")              \
+    X(ST_DOC_SIZE, "SELECT count(*),"                                         \
+                   " coalesce(sum(length(name) + length(value)), 0)"          \
+                   " FROM properties WHERE acc = ?1 AND ns = ?2 AND sid = ?3") \
+    X(ST_PROPS_GET, "SELECT name, value FROM properties"                      \
+                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"                \
+                    " AND (expires_ms IS NULL OR expires_ms > ?4)"            \
+                    " ORDER BY name")                                         \
+    X(ST_PROP_GET, "SELECT value FROM properties"                             \
+                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4"   \
+                   " AND (expires_ms IS NULL OR expires_ms > ?5)")            \
+    X(ST_SESSION_IDS, "SELECT DISTINCT sid FROM properties"                   \
+                      " WHERE acc = ?1 AND ns = ?2"                           \
+                      " AND (expires_ms IS NULL OR expires_ms > ?3)"          \
+                      " ORDER BY sid LIMIT ?4 OFFSET ?5")                     \
+    X(ST_PURGE, "DELETE FROM properties"                                      \
+                " WHERE expires_ms IS NOT NULL AND expires_ms <= ?1")         \
+    X(ST_NEXT_EXPIRY, "SELECT expires_ms FROM properties"                     \
+                      " WHERE expires_ms IS NOT NULL"                         \
+                      " ORDER BY expires_ms LIMIT 1")                         \
+    X(ST_NODE_PUT, "INSERT INTO nodes(id, http_addr, region)"                 \
+                   " VALUES(?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET"        \
+                   " http_addr = excluded.http_addr,"                         \
+                   " region = excluded.region")                               \
+    X(ST_NODE_GET, "SELECT http_addr, region FROM nodes WHERE id = ?1")       \
+    X(ST_COUNT_ACCOUNTS, "SELECT count(*) FROM accounts")                     \
+    X(ST_COUNT_NAMESPACES, "SELECT count(*) FROM namespaces")                 \
+    X(ST_COUNT_SESSIONS, "SELECT count(*) FROM sessions")                     \
+    X(ST_COUNT_PROPERTIES, "SELECT count(*) FROM properties")
+
+enum stmt_id {
+#define STMT_ENUM(id, sql) id,
+    STMTS(STMT_ENUM)
+#undef STMT_ENUM
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+#define STMT_SQL(id, sql) sql,
+    STMTS(STMT_SQL)
+#undef STMT_SQL
+};
+
+/* meta keys */
+#define META_APPLIED "applied_index"
+#define META_TIME "last_time_ms"
+#define META_PURGED "purged"
+
+struct storage
+{
+    sqlite3 *db;                    /* owned; private in-memory database */
+    sqlite3_stmt *st[ST_COUNT];     /* owned; prepared once, see STMTS */
+    uint64_t applied_index;         /* last entry applied; = meta */
+    uint64_t last_time_ms;          /* its monotonic time; = meta */
+    uint64_t purged;                /* properties removed by PURGE; = meta */
+};
+
+/* What one apply needs besides the storage. */
+struct apply_ctx
+{
+    uint64_t index;  /* Raft index of the entry */
+    int64_t time;    /* monotonic entry time, ms */
+    uint64_t purged; /* purge counter including this entry so far */
+};
+
+const char *storage_strerror(int status)
+{
+    switch (status) {
+#define STORAGE_TEXT(name, code, text) \
+    case code:                         \
+        return text;
+        STORAGE_ERRORS(STORAGE_TEXT)
+#undef STORAGE_TEXT
+        default:
+            return "unknown error";
+    }
+}
+
+/* --- SQLite helpers ------------------------------------------------- */
+
+static int map_rc(int rc)
+{
+    return rc == SQLITE_NOMEM ? STORAGE_ENOMEM : STORAGE_EINTERNAL;
+}
+
+/* A fatal status aborts the whole apply; the others are a command's
+ * outcome. */
+static int is_fatal(int status)
+{
+    return status == STORAGE_ENOMEM || status == STORAGE_EINTERNAL;
+}
+
+static int bind_b(sqlite3_stmt *st, int i, const char *p, size_t len)
+{
+    /* A NULL pointer would bind SQL NULL; an empty key is a 0-byte blob. */
+    return sqlite3_bind_blob(st, i, p != NULL ? p : "", (int)len,
+                             SQLITE_STATIC);
+}
+
+static int bind_f(sqlite3_stmt *st, int i, struct cmd_bytes f)
+{
+    return bind_b(st, i, f.base, f.len);
+}
+
+static struct cmd_bytes sid_of(const struct cmd *c)
+{
+    struct cmd_bytes d = {STORAGE_DEFAULT_SID,
+                          (uint32_t)(sizeof STORAGE_DEFAULT_SID - 1)};
+
+    return c->sid.len > 0 ? c->sid : d;
+}
+
+/* Bind ?1 acc, ?2 ns and, when with_sid, ?3 sid. */
+static int bind_where(sqlite3_stmt *st, const struct cmd *c, int with_sid)
+{
+    int rc = bind_f(st, 1, c->acc);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 2, c->ns);
+    }
+    if (rc == SQLITE_OK && with_sid) {
+        rc = bind_f(st, 3, sid_of(c));
+    }
+    return rc;
+}
+
+static void finish(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* Step a statement that returns no rows (or whose rows are ignored) and
+ * reset it. bind_rc is the result of binding, so callers can chain. */
+static int run(sqlite3_stmt *st, int bind_rc)
+{
+    int rc = bind_rc;
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    finish(st);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
+        return 0;
+    }
+    return map_rc(rc);
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+    return rc == SQLITE_OK ? 0 : map_rc(rc);
+}
+
+static int64_t u2i(uint64_t v)
+{
+    return v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v;
+}
+
+static uint64_t col_u64(sqlite3_stmt *st, int i)
+{
+    sqlite3_int64 v = sqlite3_column_int64(st, i);
+
+    return v < 0 ? 0 : (uint64_t)v;
+}
+
+static void truncate_buf(struct buf *b, size_t mark)
+{
+    if (b->len > mark) {
+        b->len = mark;
+        b->base[mark] = '\0';
+    }
+}
+
+static void stmts_finalize(sqlite3_stmt **st)
+{
+    size_t i;
+
+    for (i = 0; i < ST_COUNT; i++) {
+        sqlite3_finalize(st[i]);
+        st[i] = NULL;
+    }
+}
+
+static int stmts_prepare(sqlite3 *db, sqlite3_stmt **st)
+{
+    size_t i;
+    int rc;
+
+    for (i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                &st[i], NULL);
+        if (rc != SQLITE_OK) {
+            st[i] = NULL;
+            stmts_finalize(st);
+            return map_rc(rc);
+        }
+    }
+    return 0;
+}
+
+static int db_configure(sqlite3 *db)
+{
+    /* journal_mode=OFF would make ROLLBACK TO undefined: keep the journal
+     * in memory. Nothing is ever synced: the Raft log is the durable truth. */
+    return exec_sql(db, "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;");
+}
+
+static int db_open(sqlite3 **out)
+{
+    int rc = sqlite3_open_v2(":memory:", out,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+
+    if (rc != SQLITE_OK) {
+        sqlite3_close(*out);
+        *out = NULL;
+        return map_rc(rc);
+    }
+    return 0;
+}
+
+static int meta_get(struct storage *s, const char *k, uint64_t *v)
+{
+    sqlite3_stmt *st = s->st[ST_META_GET];
+    int rc = sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
+
+    *v = 0;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        *v = col_u64(st, 0);
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+static int meta_set(struct storage *s, const char *k, uint64_t v)
+{
+    sqlite3_stmt *st = s->st[ST_META_SET];
+    int rc = sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 2, u2i(v));
+    }
+    return run(st, rc);
+}
+
+/* Load the in-memory copies from meta. */
+static int meta_load(struct storage *s)
+{
+    int rc = meta_get(s, META_APPLIED, &s->applied_index);
+
+    if (rc == 0) {
+        rc = meta_get(s, META_TIME, &s->last_time_ms);
+    }
+    if (rc == 0) {
+        rc = meta_get(s, META_PURGED, &s->purged);
+    }
+    return rc;
+}
+
+/* --- Lifecycle ------------------------------------------------------ */
+
+int storage_open(struct storage **out)
+{
+    struct storage *s;
+    int rc;
+
+    *out = NULL;
+    s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        return STORAGE_ENOMEM;
+    }
+    rc = db_open(&s->db);
+    if (rc != 0) {
+        goto err_after_alloc;
+    }
+    rc = db_configure(s->db);
+    if (rc == 0) {
+        rc = exec_sql(s->db, schema_sql);
+    }
+    if (rc == 0) {
+        rc = stmts_prepare(s->db, s->st);
+    }
+    if (rc != 0) {
+        goto err_after_db_open;
+    }
+    *out = s;
+    return 0;
+
+err_after_db_open:
+    sqlite3_close(s->db);
+err_after_alloc:
+    free(s);
+    return rc;
+}
+
+void storage_close(struct storage *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    stmts_finalize(s->st);
+    sqlite3_close(s->db);
+    free(s);
+}
+
+uint64_t storage_applied_index(const struct storage *s)
+{
+    return s->applied_index;
+}
+
+uint64_t storage_last_time_ms(const struct storage *s)
+{
+    return s->last_time_ms;
+}
+
+/* --- Apply: lookups --------------------------------------------------- */
+
+/* The namespace row: *exists, and *ttl (seconds, 0 when none). */
+static int ns_get(struct storage *s, const struct cmd *c, int *exists,
+                  int64_t *ttl)
+{
+    sqlite3_stmt *st = s->st[ST_NS_GET];
+    int rc = bind_where(st, c, 0);
+
+    *exists = 0;
+    *ttl = 0;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        *exists = 1;
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
+            *ttl = sqlite3_column_int64(st, 1);
+        }
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+/* The session row: *exists, *ttl (0 when none), *version (0 when absent). */
+static int sess_get(struct storage *s, const struct cmd *c, int *exists,
+                    int64_t *ttl, uint64_t *version)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_GET];
+    int rc = bind_where(st, c, 1);
+
+    *exists = 0;
+    *ttl = 0;
+    *version = 0;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        *exists = 1;
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+            *ttl = sqlite3_column_int64(st, 0);
+        }
+        *version = col_u64(st, 1);
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+/* expires_ms for a write at `time` with a TTL of `ttl` seconds (> 0),
+ * saturating instead of overflowing. */
+static int64_t expiry_of(int64_t time, int64_t ttl)
+{
+    if (ttl > (INT64_MAX - time) / 1000) {
+        return INT64_MAX;
+    }
+    return time + ttl * 1000;
+}
+
+/* --- Apply: ops ------------------------------------------------------- */
+
+static int op_set_key(struct storage *s, const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_ACC_PUT];
+    int rc = bind_f(st, 1, c->acc);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 2, c->key_hash);
+    }
+    return run(st, rc);
+}
+
+static int ns_create(struct storage *s, const struct apply_ctx *a,
+                     const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_NS_CREATE];
+    int rc = bind_where(st, c, 0);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 3, a->time);
+    }
+    return run(st, rc);
+}
+
+static int op_ns_put(struct storage *s, const struct apply_ctx *a,
+                     const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_NS_SET_TTL];
+    int rc = ns_create(s, a, c);
+
+    if (rc != 0 || c->ttl < 0) {
+        return rc; /* ttl -1: leave an existing TTL as is */
+    }
+    rc = bind_where(st, c, 0);
+    if (rc == SQLITE_OK) {
+        rc = c->ttl == 0 ? sqlite3_bind_null(st, 3)
+                         : sqlite3_bind_int64(st, 3, c->ttl);
+    }
+    return run(st, rc);
+}
+
+static int op_ns_delete(struct storage *s, const struct cmd *c)
+{
+    static const enum stmt_id ids[] = {ST_NS_DEL_PROPS, ST_NS_DEL_SESSIONS,
+                                       ST_NS_DEL};
+    size_t i;
+    int rc;
+
+    for (i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        sqlite3_stmt *st = s->st[ids[i]];
+
+        rc = run(st, bind_where(st, c, 0));
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int sess_touch(struct storage *s, const struct apply_ctx *a,
+                      const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_TOUCH];
+    int rc = bind_where(st, c, 1);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 4, a->time);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 5, u2i(a->index));
+    }
+    return run(st, rc);
+}
+
+static int sess_bump(struct storage *s, const struct apply_ctx *a,
+                     const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_BUMP];
+    int rc = bind_where(st, c, 1);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 4, u2i(a->index));
+    }
+    return run(st, rc);
+}
+
+static int prop_put(struct storage *s, const struct cmd *c,
+                    struct cmd_bytes name, struct cmd_bytes value,
+                    int64_t expires)
+{
+    sqlite3_stmt *st = s->st[ST_PROP_PUT];
+    int rc = bind_where(st, c, 1);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 4, name);
+    }
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 5, value);
+    }
+    if (rc == SQLITE_OK) {
+        rc = expires == 0 ? sqlite3_bind_null(st, 6)
+                          : sqlite3_bind_int64(st, 6, expires);
+    }
+    return run(st, rc);
+}
+
+/* Size of the session document once written: 2 + sum(len(name) + 3 +
+ * len(value)) + commas. Runs after expired rows of the session are gone, so
+ * every row counted is live. */
+static int doc_size(struct storage *s, const struct cmd *c, uint64_t *size)
+{
+    sqlite3_stmt *st = s->st[ST_DOC_SIZE];
+    int rc = bind_where(st, c, 1);
+
+    *size = 0;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        uint64_t n = col_u64(st, 0);
+        uint64_t bytes = col_u64(st, 1);
+
+        *size = 2 + bytes + 3 * n + (n > 0 ? n - 1 : 0);
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+/* PATCH and PROP_PUT: one_name/one_value is the PROP_PUT pair, or NULL to
+ * take the PATCH pairs. */
+static int op_write(struct storage *s, const struct apply_ctx *a,
+                    const struct cmd *c, const struct cmd_bytes *one_name,
+                    const struct cmd_bytes *one_value)
+{
+    sqlite3_stmt *st;
+    int exists;
+    int ns_exists;
+    int64_t sess_ttl;
+    int64_t ns_ttl;
+    int64_t expires = 0;
+    uint64_t version;
+    uint64_t size;
+    int rc;
+
+    rc = sess_get(s, c, &exists, &sess_ttl, &version);
+    if (rc != 0) {
+        return rc;
+    }
+    if (c->if_match != 0 && c->if_match != version) {
+        return STORAGE_EPRECONDITION;
+    }
+    rc = ns_create(s, a, c);
+    if (rc == 0) {
+        rc = ns_get(s, c, &ns_exists, &ns_ttl);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    if (sess_ttl > 0) {
+        expires = expiry_of(a->time, sess_ttl);
+    } else if (ns_ttl > 0) {
+        expires = expiry_of(a->time, ns_ttl);
+    }
+
+    /* Expired-but-unpurged rows are replaced by this write, not counted. */
+    st = s->st[ST_PROP_DEL_EXPIRED];
+    rc = bind_where(st, c, 1);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 4, a->time);
+    }
+    rc = run(st, rc);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (one_name != NULL) {
+        rc = prop_put(s, c, *one_name, *one_value, expires);
+    } else {
+        struct cmd_bytes name;
+        struct cmd_bytes value;
+        size_t pos = 0;
+
+        while (rc == 0 && cmd_props_next(c, &pos, &name, &value) == 1) {
+            rc = prop_put(s, c, name, value, expires);
+        }
+    }
+    if (rc == 0) {
+        rc = sess_touch(s, a, c);
+    }
+    if (rc == 0) {
+        rc = doc_size(s, c, &size);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    return size > STORAGE_DOC_MAX ? STORAGE_ETOOLARGE : 0;
+}
+
+/* PROP_DELETE (name != NULL) and SESSION_CLEAR (name == NULL). */
+static int op_remove(struct storage *s, const struct apply_ctx *a,
+                     const struct cmd *c, const struct cmd_bytes *name)
+{
+    sqlite3_stmt *st;
+    int exists;
+    int64_t ttl;
+    uint64_t version;
+    int rc;
+
+    rc = sess_get(s, c, &exists, &ttl, &version);
+    if (rc != 0) {
+        return rc;
+    }
+    if (c->if_match != 0 && c->if_match != version) {
+        return STORAGE_EPRECONDITION;
+    }
+    st = s->st[name != NULL ? ST_PROP_DEL : ST_PROP_CLEAR];
+    rc = bind_where(st, c, 1);
+    if (rc == SQLITE_OK && name != NULL) {
+        rc = bind_f(st, 4, *name);
+    }
+    rc = run(st, rc);
+    if (rc == 0 && exists) {
+        rc = sess_bump(s, a, c);
+    }
+    return rc;
+}
+
+static int op_session_ttl(struct storage *s, const struct apply_ctx *a,
+                          const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_SET_TTL];
+    int ns_exists;
+    int64_t ns_ttl;
+    int rc;
+
+    if (c->ttl < 0) {
+        return STORAGE_ECORRUPT; /* the format requires seconds >= 0 */
+    }
+    rc = ns_get(s, c, &ns_exists, &ns_ttl);
+    if (rc != 0) {
+        return rc;
+    }
+    if (!ns_exists) {
+        return STORAGE_ENOTFOUND;
+    }
+    rc = bind_where(st, c, 1);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 4, a->time);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 5, u2i(a->index));
+    }
+    if (rc == SQLITE_OK) {
+        rc = c->ttl == 0 ? sqlite3_bind_null(st, 6)
+                         : sqlite3_bind_int64(st, 6, c->ttl);
+    }
+    return run(st, rc);
+}
+
+static int op_purge(struct storage *s, struct apply_ctx *a)
+{
+    sqlite3_stmt *st = s->st[ST_PURGE];
+    int rc = run(st, sqlite3_bind_int64(st, 1, a->time));
+
+    if (rc == 0) {
+        a->purged += (uint64_t)sqlite3_changes(s->db);
+    }
+    return rc;
+}
+
+static int op_node_info(struct storage *s, const struct cmd *c)
+{
+    sqlite3_stmt *st = s->st[ST_NODE_PUT];
+    int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64)c->node_id);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 2, c->http_addr);
+    }
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 3, c->region);
+    }
+    return run(st, rc);
+}
+
+static int op_dispatch(struct storage *s, struct apply_ctx *a,
+                       const struct cmd *c)
+{
+    switch (c->op) {
+        case CMD_SET_KEY:
+            return op_set_key(s, c);
+        case CMD_NS_PUT:
+            return op_ns_put(s, a, c);
+        case CMD_NS_DELETE:
+            return op_ns_delete(s, c);
+        case CMD_PATCH:
+            return op_write(s, a, c, NULL, NULL);
+        case CMD_PROP_PUT:
+            return op_write(s, a, c, &c->name, &c->value);
+        case CMD_PROP_DELETE:
+            return op_remove(s, a, c, &c->name);
+        case CMD_SESSION_CLEAR:
+            return op_remove(s, a, c, NULL);
+        case CMD_SESSION_TTL:
+            return op_session_ttl(s, a, c);
+        case CMD_PURGE:
+            return op_purge(s, a);
+        case CMD_NODE_INFO:
+            return op_node_info(s, c);
+        default:
+            return STORAGE_ECORRUPT;
+    }
+}
+
+/* --- Apply: one command, one entry ---------------------------------- */
+
+/* Look up a remembered request: 1 when found (res filled), 0 when not, or a
+ * fatal status. */
+static int request_find(struct storage *s, const struct cmd *c,
+                        struct storage_result *res)
+{
+    sqlite3_stmt *st = s->st[ST_REQ_GET];
+    int found = 0;
+    int rc = bind_f(st, 1, c->acc);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 2, c->request_id);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        res->status = sqlite3_column_int(st, 0);
+        res->index = col_u64(st, 1);
+        found = 1;
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? found : map_rc(rc);
+}
+
+static int request_record(struct storage *s, const struct apply_ctx *a,
+                          const struct cmd *c, int status)
+{
+    sqlite3_stmt *st = s->st[ST_REQ_PUT];
+    int rc = bind_f(st, 1, c->acc);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 2, c->request_id);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 3, a->time);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int(st, 4, status);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 5, u2i(a->index));
+    }
+    return run(st, rc);
+}
+
+/* Apply one decoded command in its own savepoint. Returns 0 with *res set,
+ * or a fatal status. */
+static int apply_one(struct storage *s, struct apply_ctx *a,
+                     const struct cmd *c, struct storage_result *res)
+{
+    uint64_t purged = a->purged;
+    int status;
+    int rc;
+
+    res->index = a->index;
+    if (c->request_id.len > 0) {
+        rc = request_find(s, c, res);
+        if (rc != 0) {
+            return rc == 1 ? 0 : rc; /* replay: the original outcome */
+        }
+    }
+    rc = run(s->st[ST_SAVEPOINT], SQLITE_OK);
+    if (rc != 0) {
+        return rc;
+    }
+    status = op_dispatch(s, a, c);
+    if (is_fatal(status)) {
+        return status; /* the caller rolls back the whole entry */
+    }
+    if (status != STORAGE_OK) {
+        a->purged = purged;
+        rc = run(s->st[ST_ROLLBACK_TO], SQLITE_OK);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    rc = run(s->st[ST_RELEASE], SQLITE_OK);
+    if (rc != 0) {
+        return rc;
+    }
+    res->status = status;
+    /* Deterministic outcomes are remembered; a malformed command is not. */
+    if (c->request_id.len > 0 &&
+        (status == STORAGE_OK || status == STORAGE_EPRECONDITION ||
+         status == STORAGE_ETOOLARGE || status == STORAGE_ENOTFOUND)) {
+        return request_record(s, a, c, status);
+    }
+    return 0;
+}
+
+int storage_apply(struct storage *s, uint64_t index, const void *entry,
+                  size_t len, struct storage_result **results,
+                  uint32_t *n_results)
+{
+    struct storage_result *res;
+    struct cmd_entry e;
+    struct cmd_entry scan;
+    struct apply_ctx a;
+    const char *rec;
+    size_t rec_len;
+    uint32_t i;
+    int rc;
+
+    *results = NULL;
+    *n_results = 0;
+    if (cmd_entry_open(entry, len, &e) != 0) {
+        return STORAGE_ECORRUPT;
+    }
+    /* Check the framing before touching anything: a broken frame means we
+     * cannot know which commands the entry holds. */
+    scan = e;
+    while ((rc = cmd_entry_next(&scan, &rec, &rec_len)) == 1) {
+    }
+    if (rc != 0) {
+        return STORAGE_ECORRUPT;
+    }
+    res = calloc(e.count > 0 ? e.count : 1, sizeof *res);
+    if (res == NULL) {
+        return STORAGE_ENOMEM;
+    }
+    a.index = index;
+    a.time = u2i(e.time_ms > s->last_time_ms ? e.time_ms : s->last_time_ms);
+    a.purged = s->purged;
+
+    rc = run(s->st[ST_BEGIN], SQLITE_OK);
+    if (rc != 0) {
+        goto err_after_alloc;
+    }
+    if ((uint64_t)a.time > STORAGE_DEDUP_WINDOW_MS) {
+        sqlite3_stmt *st = s->st[ST_REQ_EXPIRE];
+
+        rc = run(st, sqlite3_bind_int64(st, 1,
+                                        a.time - STORAGE_DEDUP_WINDOW_MS));
+        if (rc != 0) {
+            goto err_after_begin;
+        }
+    }
+    for (i = 0; i < e.count; i++) {
+        struct cmd c;
+
+        if (cmd_entry_next(&e, &rec, &rec_len) != 1) {
+            rc = STORAGE_EINTERNAL; /* checked above: cannot happen */
+            goto err_after_begin;
+        }
+        if (cmd_decode(rec, rec_len, &c) != 0) {
+            res[i].status = STORAGE_ECORRUPT;
+            res[i].index = index;
+            continue;
+        }
+        rc = apply_one(s, &a, &c, &res[i]);
+        if (rc != 0) {
+            goto err_after_begin;
+        }
+    }
+    rc = meta_set(s, META_APPLIED, index);
+    if (rc == 0) {
+        rc = meta_set(s, META_TIME, (uint64_t)a.time);
+    }
+    if (rc == 0 && a.purged != s->purged) {
+        rc = meta_set(s, META_PURGED, a.purged);
+    }
+    if (rc == 0) {
+        rc = run(s->st[ST_COMMIT], SQLITE_OK);
+    }
+    if (rc != 0) {
+        goto err_after_begin;
+    }
+    s->applied_index = index;
+    s->last_time_ms = (uint64_t)a.time;
+    s->purged = a.purged;
+    *results = res;
+    *n_results = e.count;
+    return 0;
+
+err_after_begin:
+    /* Fails harmlessly when SQLite already rolled back on its own. */
+    run(s->st[ST_ROLLBACK], SQLITE_OK);
+err_after_alloc:
+    free(res);
+    return rc;
+}
+
+/* --- Queries ---------------------------------------------------------- */
+
+int storage_key_verify(struct storage *s, const char *acc, size_t acc_len,
+                       const uint8_t hash[32])
+{
+    sqlite3_stmt *st = s->st[ST_ACC_GET];
+    int ok = 0;
+
+    if (bind_b(st, 1, acc, acc_len) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW &&
+        sqlite3_column_bytes(st, 0) == SHA256_LEN) {
+        const void *stored = sqlite3_column_blob(st, 0);
+
+        ok = stored != NULL && ct_equal(stored, hash, SHA256_LEN);
+    }
+    finish(st);
+    return ok;
+}
+
+int storage_ns_exists(struct storage *s, const char *acc, size_t acc_len,
+                      const char *ns, size_t ns_len)
+{
+    struct cmd c;
+    int exists;
+    int64_t ttl;
+
+    memset(&c, 0, sizeof c);
+    if (acc_len > UINT32_MAX || ns_len > UINT32_MAX) {
+        return 0;
+    }
+    c.acc.base = acc;
+    c.acc.len = (uint32_t)acc_len;
+    c.ns.base = ns;
+    c.ns.len = (uint32_t)ns_len;
+    return ns_get(s, &c, &exists, &ttl) == 0 && exists;
+}
+
+/* Existence check shared by the namespace-scoped queries. */
+static int ns_require(struct storage *s, const struct cmd *where)
+{
+    int exists;
+    int64_t ttl;
+    int rc = ns_get(s, where, &exists, &ttl);
+
+    if (rc != 0) {
+        return rc;
+    }
+    return exists ? 0 : STORAGE_ENOTFOUND;
+}
+
+static int append_blob_string(struct buf *out, sqlite3_stmt *st, int col)
+{
+    return buf_append_json_string(out, sqlite3_column_blob(st, col),
+                                  (size_t)sqlite3_column_bytes(st, col));
+}
+
+static int append_time(struct buf *out, uint64_t ms)
+{
+    char t[25];
+
+    storage_format_time(ms, t);
+    return buf_append_json_string(out, t, strlen(t));
+}
+
+int storage_ns_list(struct storage *s, const char *acc, size_t acc_len,
+                    struct buf *out)
+{
+    sqlite3_stmt *st = s->st[ST_NS_LIST];
+    size_t mark = out->len;
+    int first = 1;
+    int rc = bind_b(st, 1, acc, acc_len);
+
+    if (buf_append_char(out, '[') != 0) {
+        rc = SQLITE_NOMEM;
+    }
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = SQLITE_NOMEM;
+        if ((!first && buf_append_char(out, ',') != 0) ||
+            buf_append_str(out, "{\"name\":") != 0 ||
+            append_blob_string(out, st, 0) != 0 ||
+            buf_append_str(out, ",\"createdAt\":") != 0 ||
+            append_time(out, col_u64(st, 1)) != 0) {
+            break;
+        }
+        if (sqlite3_column_type(st, 2) != SQLITE_NULL &&
+            buf_printf(out, ",\"ttlSecond\":%lld",
+                       (long long)sqlite3_column_int64(st, 2)) != 0) {
+            break;
+        }
+        if (buf_append_char(out, '}') != 0) {
+            break;
+        }
+        first = 0;
+        rc = SQLITE_OK;
+    }
+    finish(st);
+    if (rc != SQLITE_DONE || buf_append_char(out, ']') != 0) {
+        truncate_buf(out, mark);
+        return rc == SQLITE_DONE ? STORAGE_ENOMEM : map_rc(rc);
+    }
+    return 0;
+}
+
+static int name_wanted(const struct cmd_bytes *names, size_t n_names,
+                       const void *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < n_names; i++) {
+        if (names[i].len == len &&
+            (len == 0 || memcmp(names[i].base, name, len) == 0)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Append the JSON object of a session's live properties (filtered by names
+ * when non-NULL). sid is given separately so session_props can pass the one
+ * it is iterating. */
+static int append_props(struct storage *s, const struct cmd *where,
+                        const void *sid, size_t sid_len,
+                        const struct cmd_bytes *names, size_t n_names,
+                        uint64_t now_ms, struct buf *out)
+{
+    sqlite3_stmt *st = s->st[ST_PROPS_GET];
+    int first = 1;
+    int rc = bind_where(st, where, 0);
+
+    if (rc == SQLITE_OK) {
+        rc = bind_b(st, 3, sid, sid_len);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 4, u2i(now_ms));
+    }
+    if (rc == SQLITE_OK && buf_append_char(out, '{') != 0) {
+        rc = SQLITE_NOMEM;
+    }
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *name = sqlite3_column_blob(st, 0);
+        size_t name_len = (size_t)sqlite3_column_bytes(st, 0);
+
+        rc = SQLITE_OK;
+        if (names != NULL && !name_wanted(names, n_names, name, name_len)) {
+            continue;
+        }
+        if ((!first && buf_append_char(out, ',') != 0) ||
+            buf_append_json_string(out, name, name_len) != 0 ||
+            buf_append_char(out, ':') != 0 ||
+            buf_append(out, sqlite3_column_blob(st, 1),
+                       (size_t)sqlite3_column_bytes(st, 1)) != 0) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        first = 0;
+    }
+    finish(st);
+    if (rc != SQLITE_DONE) {
+        return map_rc(rc);
+    }
+    return buf_append_char(out, '}') == 0 ? 0 : STORAGE_ENOMEM;
+}
+
+int storage_props_get(struct storage *s, const struct cmd *where,
+                      const struct cmd_bytes *names, size_t n_names,
+                      uint64_t now_ms, struct buf *out, uint64_t *version)
+{
+    struct cmd_bytes sid = sid_of(where);
+    size_t mark = out->len;
+    int exists;
+    int64_t ttl;
+    int rc;
+
+    *version = 0;
+    rc = ns_require(s, where);
+    if (rc == 0) {
+        rc = sess_get(s, where, &exists, &ttl, version);
+    }
+    if (rc == 0) {
+        rc = append_props(s, where, sid.base, sid.len, names, n_names, now_ms,
+                          out);
+    }
+    if (rc != 0) {
+        truncate_buf(out, mark);
+    }
+    return rc;
+}
+
+int storage_prop_get(struct storage *s, const struct cmd *where,
+                     uint64_t now_ms, struct buf *out)
+{
+    sqlite3_stmt *st = s->st[ST_PROP_GET];
+    int rc = ns_require(s, where);
+
+    if (rc != 0) {
+        return rc;
+    }
+    rc = bind_where(st, where, 1);
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 4, where->name);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 5, u2i(now_ms));
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        rc = buf_append(out, sqlite3_column_blob(st, 0),
+                        (size_t)sqlite3_column_bytes(st, 0)) == 0
+                 ? 0
+                 : STORAGE_ENOMEM;
+    } else if (rc == SQLITE_DONE) {
+        rc = STORAGE_ENOTFOUND;
+    } else {
+        rc = map_rc(rc);
+    }
+    finish(st);
+    return rc;
+}
+
+/* Shared by session_ids (with_props 0) and session_props (1). */
+static int session_page(struct storage *s, const struct cmd *where,
+                        uint64_t page, uint64_t per_page, uint64_t now_ms,
+                        int with_props, struct buf *out)
+{
+    sqlite3_stmt *st = s->st[ST_SESSION_IDS];
+    size_t mark = out->len;
+    int first = 1;
+    int rc = ns_require(s, where);
+
+    if (rc != 0) {
+        return rc;
+    }
+    if (buf_append_char(out, '[') != 0) {
+        return STORAGE_ENOMEM;
+    }
+    /* A page beyond what SQLite can count is simply empty. */
+    if (per_page == 0 || page > (uint64_t)INT64_MAX / per_page) {
+        goto close;
+    }
+    rc = bind_where(st, where, 0);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 3, u2i(now_ms));
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 4, u2i(per_page));
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 5, (sqlite3_int64)(page * per_page));
+    }
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *sid = sqlite3_column_blob(st, 0);
+        size_t sid_len = (size_t)sqlite3_column_bytes(st, 0);
+
+        rc = SQLITE_NOMEM;
+        if (!first && buf_append_char(out, ',') != 0) {
+            break;
+        }
+        if (!with_props) {
+            if (buf_append_json_string(out, sid, sid_len) != 0) {
+                break;
+            }
+        } else {
+            int prc;
+
+            if (buf_append_str(out, "{\"sessionId\":") != 0 ||
+                buf_append_json_string(out, sid, sid_len) != 0 ||
+                buf_append_str(out, ",\"property\":") != 0) {
+                break;
+            }
+            prc = append_props(s, where, sid, sid_len, NULL, 0, now_ms, out);
+            if (prc != 0) {
+                rc = prc == STORAGE_ENOMEM ? SQLITE_NOMEM : SQLITE_ERROR;
+                break;
+            }
+            if (buf_append_char(out, '}') != 0) {
+                break;
+            }
+        }
+        first = 0;
+        rc = SQLITE_OK;
+    }
+    finish(st);
+    if (rc != SQLITE_DONE) {
+        truncate_buf(out, mark);
+        return map_rc(rc);
+    }
+close:
+    if (buf_append_char(out, ']') != 0) {
+        truncate_buf(out, mark);
+        return STORAGE_ENOMEM;
+    }
+    return 0;
+}
+
+int storage_session_ids(struct storage *s, const struct cmd *where,
+                        uint64_t page, uint64_t per_page, uint64_t now_ms,
+                        struct buf *out)
+{
+    return session_page(s, where, page, per_page, now_ms, 0, out);
+}
+
+int storage_session_props(struct storage *s, const struct cmd *where,
+                          uint64_t page, uint64_t per_page, uint64_t now_ms,
+                          struct buf *out)
+{
+    return session_page(s, where, page, per_page, now_ms, 1, out);
+}
+
+int storage_session_ttls(struct storage *s, const struct cmd *where,
+                         struct buf *out)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_TTLS];
+    size_t mark = out->len;
+    int first = 1;
+    int rc = ns_require(s, where);
+
+    if (rc != 0) {
+        return rc;
+    }
+    rc = bind_where(st, where, 0);
+    if (rc == SQLITE_OK && buf_append_char(out, '[') != 0) {
+        rc = SQLITE_NOMEM;
+    }
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = SQLITE_NOMEM;
+        if ((!first && buf_append_char(out, ',') != 0) ||
+            buf_append_str(out, "{\"sessionId\":") != 0 ||
+            append_blob_string(out, st, 0) != 0 ||
+            buf_append_str(out, ",\"createdAt\":") != 0 ||
+            append_time(out, col_u64(st, 1)) != 0 ||
+            buf_printf(out, ",\"ttlSecond\":%lld}",
+                       (long long)sqlite3_column_int64(st, 2)) != 0) {
+            break;
+        }
+        first = 0;
+        rc = SQLITE_OK;
+    }
+    finish(st);
+    if (rc != SQLITE_DONE || buf_append_char(out, ']') != 0) {
+        truncate_buf(out, mark);
+        return rc == SQLITE_DONE ? STORAGE_ENOMEM : map_rc(rc);
+    }
+    return 0;
+}
+
+int storage_next_expiry(struct storage *s, uint64_t *t_ms)
+{
+    sqlite3_stmt *st = s->st[ST_NEXT_EXPIRY];
+    int rc = sqlite3_step(st);
+
+    *t_ms = 0;
+    if (rc == SQLITE_ROW) {
+        *t_ms = col_u64(st, 0);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        rc = STORAGE_ENOTFOUND;
+    } else {
+        rc = map_rc(rc);
+    }
+    finish(st);
+    return rc;
+}
+
+int storage_node_lookup(struct storage *s, uint64_t id, struct buf *http_addr,
+                        struct buf *region)
+{
+    sqlite3_stmt *st = s->st[ST_NODE_GET];
+    int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        size_t m1 = http_addr->len;
+
+        rc = 0;
+        if (buf_append(http_addr, sqlite3_column_blob(st, 0),
+                       (size_t)sqlite3_column_bytes(st, 0)) != 0 ||
+            buf_append(region, sqlite3_column_blob(st, 1),
+                       (size_t)sqlite3_column_bytes(st, 1)) != 0) {
+            truncate_buf(http_addr, m1);
+            rc = STORAGE_ENOMEM;
+        }
+    } else if (rc == SQLITE_DONE) {
+        rc = STORAGE_ENOTFOUND;
+    } else {
+        rc = map_rc(rc);
+    }
+    finish(st);
+    return rc;
+}
+
+static int count_rows(struct storage *s, enum stmt_id id, uint64_t *n)
+{
+    sqlite3_stmt *st = s->st[id];
+    int rc = sqlite3_step(st);
+
+    *n = 0;
+    if (rc == SQLITE_ROW) {
+        *n = col_u64(st, 0);
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+int storage_counts(struct storage *s, struct storage_counts *c)
+{
+    int rc;
+
+    memset(c, 0, sizeof *c);
+    rc = count_rows(s, ST_COUNT_ACCOUNTS, &c->accounts);
+    if (rc == 0) {
+        rc = count_rows(s, ST_COUNT_NAMESPACES, &c->namespaces);
+    }
+    if (rc == 0) {
+        rc = count_rows(s, ST_COUNT_SESSIONS, &c->sessions);
+    }
+    if (rc == 0) {
+        rc = count_rows(s, ST_COUNT_PROPERTIES, &c->properties);
+    }
+    c->purged = s->purged;
+    return rc;
+}
+
+/* --- Snapshots ------------------------------------------------------- */
+
+int storage_snapshot(struct storage *s, void **data, size_t *len)
+{
+    sqlite3_int64 size = 0;
+    unsigned char *img;
+    void *copy;
+
+    *data = NULL;
+    *len = 0;
+    img = sqlite3_serialize(s->db, "main", &size, 0);
+    if (img == NULL) {
+        return STORAGE_ENOMEM;
+    }
+    copy = malloc(size > 0 ? (size_t)size : 1);
+    if (copy == NULL) {
+        sqlite3_free(img);
+        return STORAGE_ENOMEM;
+    }
+    memcpy(copy, img, (size_t)size);
+    sqlite3_free(img);
+    *data = copy;
+    *len = (size_t)size;
+    return 0;
+}
+
+/* 0 when PRAGMA integrity_check answers exactly one row "ok". */
+static int check_integrity(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    int ok = 0;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL);
+
+    if (rc != SQLITE_OK) {
+        return rc == SQLITE_NOMEM ? STORAGE_ENOMEM : STORAGE_ECORRUPT;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+
+        ok = t != NULL && strcmp((const char *)t, "ok") == 0 &&
+             sqlite3_step(st) == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    if (rc == SQLITE_NOMEM) {
+        return STORAGE_ENOMEM;
+    }
+    return ok ? 0 : STORAGE_ECORRUPT;
+}
+
+/* 0 when every table of the schema exists. Their columns are checked by
+ * preparing the statements afterwards. */
+static int check_schema(sqlite3 *db)
+{
+    size_t i;
+
+    for (i = 0; i < N_TABLES; i++) {
+        sqlite3_stmt *st;
+        int found;
+        int rc = sqlite3_prepare_v2(
+            db, "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            -1, &st, NULL);
+
+        if (rc != SQLITE_OK) {
+            return rc == SQLITE_NOMEM ? STORAGE_ENOMEM : STORAGE_ECORRUPT;
+        }
+        rc = sqlite3_bind_text(st, 1, tables[i].name, -1, SQLITE_STATIC);
+        found = rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_finalize(st);
+        if (!found) {
+            return STORAGE_ECORRUPT;
+        }
+    }
+    return 0;
+}
+
+int storage_restore(struct storage *s, const void *data, size_t len)
+{
+    static const char magic[16] = "SQLite format 3";
+    struct storage fresh;
+    unsigned char *copy;
+    int rc;
+
+    /* 100 bytes: the SQLite file header. */
+    if (data == NULL || len < 100 || memcmp(data, magic, sizeof magic) != 0 ||
+        len > (size_t)INT64_MAX) {
+        return STORAGE_ECORRUPT;
+    }
+    memset(&fresh, 0, sizeof fresh);
+    rc = db_open(&fresh.db);
+    if (rc != 0) {
+        return rc;
+    }
+    copy = sqlite3_malloc64(len);
+    if (copy == NULL) {
+        rc = STORAGE_ENOMEM;
+        goto err_after_db_open;
+    }
+    memcpy(copy, data, len);
+    /* On failure SQLite frees copy itself (FREEONCLOSE). */
+    rc = sqlite3_deserialize(fresh.db, "main", copy, (sqlite3_int64)len,
+                             (sqlite3_int64)len,
+                             SQLITE_DESERIALIZE_FREEONCLOSE |
+                                 SQLITE_DESERIALIZE_RESIZEABLE);
+    if (rc != SQLITE_OK) {
+        rc = rc == SQLITE_NOMEM ? STORAGE_ENOMEM : STORAGE_ECORRUPT;
+        goto err_after_db_open;
+    }
+    rc = db_configure(fresh.db);
+    if (rc != 0) {
+        rc = rc == STORAGE_ENOMEM ? rc : STORAGE_ECORRUPT;
+        goto err_after_db_open;
+    }
+    rc = check_integrity(fresh.db);
+    if (rc == 0) {
+        rc = check_schema(fresh.db);
+    }
+    if (rc != 0) {
+        goto err_after_db_open;
+    }
+    rc = stmts_prepare(fresh.db, fresh.st);
+    if (rc != 0) {
+        rc = rc == STORAGE_ENOMEM ? rc : STORAGE_ECORRUPT;
+        goto err_after_db_open;
+    }
+    rc = meta_load(&fresh);
+    if (rc != 0) {
+        rc = rc == STORAGE_ENOMEM ? rc : STORAGE_ECORRUPT;
+        goto err_after_prepare;
+    }
+
+    /* Everything checked: swap the new database in. */
+    stmts_finalize(s->st);
+    sqlite3_close(s->db);
+    *s = fresh;
+    return 0;
+
+err_after_prepare:
+    stmts_finalize(fresh.st);
+err_after_db_open:
+    sqlite3_close(fresh.db);
+    return rc;
+}
+
+/* --- Digest and dump -------------------------------------------------- */
+
+/* Called for each row of each table, in digest order. */
+typedef int (*row_fn)(void *arg, const char *table, sqlite3_stmt *st);
+
+/* Called at the start of each table. */
+typedef int (*table_fn)(void *arg, const char *table);
+
+static int walk_rows(struct storage *s, table_fn on_table, row_fn on_row,
+                     void *arg)
+{
+    size_t i;
+
+    for (i = 0; i < N_TABLES; i++) {
+        struct buf sql = BUF_INIT;
+        sqlite3_stmt *st;
+        int rc;
+
+        if (buf_printf(&sql, "SELECT %s FROM %s ORDER BY %s", tables[i].cols,
+                       tables[i].name, tables[i].key) != 0) {
+            return STORAGE_ENOMEM;
+        }
+        rc = sqlite3_prepare_v2(s->db, sql.base, -1, &st, NULL);
+        buf_free(&sql);
+        if (rc != SQLITE_OK) {
+            return map_rc(rc);
+        }
+        rc = on_table(arg, tables[i].name);
+        while (rc == 0) {
+            int step = sqlite3_step(st);
+
+            if (step == SQLITE_DONE) {
+                break;
+            }
+            if (step != SQLITE_ROW) {
+                rc = map_rc(step);
+                break;
+            }
+            rc = on_row(arg, tables[i].name, st);
+        }
+        sqlite3_finalize(st);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void hash_u64(struct sha256 *h, uint64_t v)
+{
+    uint8_t b[8];
+    unsigned i;
+
+    for (i = 0; i < 8; i++) {
+        b[i] = (uint8_t)(v >> (8 * i));
+    }
+    sha256_update(h, b, sizeof b);
+}
+
+static int digest_table(void *arg, const char *table)
+{
+    struct sha256 *h = arg;
+    size_t n = strlen(table);
+
+    sha256_update(h, "T", 1);
+    hash_u64(h, n);
+    sha256_update(h, table, n);
+    return 0;
+}
+
+/* Each column: a type byte, then an 8-byte integer or a length-prefixed
+ * byte string, so no two different rows hash the same stream. */
+static int digest_row(void *arg, const char *table, sqlite3_stmt *st)
+{
+    struct sha256 *h = arg;
+    int n = sqlite3_column_count(st);
+    int i;
+
+    (void)table;
+    sha256_update(h, "R", 1);
+    for (i = 0; i < n; i++) {
+        int type = sqlite3_column_type(st, i);
+        uint8_t tag = (uint8_t)type;
+
+        sha256_update(h, &tag, 1);
+        if (type == SQLITE_INTEGER) {
+            hash_u64(h, (uint64_t)sqlite3_column_int64(st, i));
+        } else if (type == SQLITE_FLOAT) {
+            double d = sqlite3_column_double(st, i);
+            uint64_t bits;
+
+            memcpy(&bits, &d, sizeof bits);
+            hash_u64(h, bits);
+        } else if (type != SQLITE_NULL) {
+            const void *p = sqlite3_column_blob(st, i);
+            size_t len = (size_t)sqlite3_column_bytes(st, i);
+
+            hash_u64(h, len);
+            if (len > 0) {
+                sha256_update(h, p, len);
+            }
+        }
+    }
+    return 0;
+}
+
+int storage_digest(struct storage *s, uint8_t out[32])
+{
+    struct sha256 h;
+    int rc;
+
+    sha256_init(&h);
+    rc = walk_rows(s, digest_table, digest_row, &h);
+    sha256_final(&h, out);
+    if (rc != 0) {
+        memset(out, 0, 32);
+    }
+    return rc;
+}
+
+static int dump_table(void *arg, const char *table)
+{
+    (void)arg;
+    (void)table;
+    return 0;
+}
+
+/* Bytes as a quoted string: printable ASCII verbatim, the rest \xHH. */
+static int dump_bytes(struct buf *out, const unsigned char *p, size_t n)
+{
+    size_t i;
+
+    if (buf_append_char(out, '"') != 0) {
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        int rc;
+
+        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '"' && p[i] != '\\') {
+            rc = buf_append_char(out, (char)p[i]);
+        } else {
+            rc = buf_printf(out, "\\x%02x", p[i]);
+        }
+        if (rc != 0) {
+            return -1;
+        }
+    }
+    return buf_append_char(out, '"');
+}
+
+static int dump_row(void *arg, const char *table, sqlite3_stmt *st)
+{
+    struct buf *out = arg;
+    int n = sqlite3_column_count(st);
+    int i;
+
+    if (buf_append_str(out, table) != 0) {
+        return STORAGE_ENOMEM;
+    }
+    for (i = 0; i < n; i++) {
+        int type = sqlite3_column_type(st, i);
+        int rc;
+
+        if (buf_printf(out, " %s=", sqlite3_column_name(st, i)) != 0) {
+            return STORAGE_ENOMEM;
+        }
+        if (type == SQLITE_INTEGER) {
+            rc = buf_printf(out, "%lld", (long long)sqlite3_column_int64(st, i));
+        } else if (type == SQLITE_FLOAT) {
+            rc = buf_printf(out, "%.17g", sqlite3_column_double(st, i));
+        } else if (type == SQLITE_NULL) {
+            rc = buf_append_str(out, "NULL");
+        } else {
+            rc = dump_bytes(out, sqlite3_column_blob(st, i),
+                            (size_t)sqlite3_column_bytes(st, i));
+        }
+        if (rc != 0) {
+            return STORAGE_ENOMEM;
+        }
+    }
+    return buf_append_char(out, '\n') == 0 ? 0 : STORAGE_ENOMEM;
+}
+
+int storage_dump(struct storage *s, struct buf *out)
+{
+    size_t mark = out->len;
+    int rc = walk_rows(s, dump_table, dump_row, out);
+
+    if (rc != 0) {
+        truncate_buf(out, mark);
+    }
+    return rc;
+}
+
+/* --- Time ------------------------------------------------------------ */
+
+/* Civil date from days since 1970-01-01 (proleptic Gregorian), after the
+ * well-known era/day-of-era decomposition. */
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+    int64_t era;
+    unsigned doe;
+    unsigned yoe;
+    unsigned doy;
+    unsigned mp;
+
+    z += 719468;
+    era = (z >= 0 ? z : z - 146096) / 146097;
+    doe = (unsigned)(z - era * 146097);
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
+static void put_digits(char *p, uint64_t v, unsigned n)
+{
+    while (n-- > 0) {
+        p[n] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
+void storage_format_time(uint64_t ms, char out[25])
+{
+    /* 9999-12-31T23:59:59.999Z: the last instant with a 4-digit year. */
+    const uint64_t max_ms = 253402300799999ull;
+    uint64_t days;
+    uint64_t rem;
+    int64_t y;
+    unsigned m;
+    unsigned d;
+
+    if (ms > max_ms) {
+        ms = max_ms;
+    }
+    days = ms / 86400000u;
+    rem = ms % 86400000u;
+    civil_from_days((int64_t)days, &y, &m, &d);
+    memcpy(out, "0000-00-00T00:00:00.000Z", 25);
+    put_digits(out, (uint64_t)y, 4);
+    put_digits(out + 5, m, 2);
+    put_digits(out + 8, d, 2);
+    put_digits(out + 11, rem / 3600000u, 2);
+    put_digits(out + 14, rem / 60000u % 60, 2);
+    put_digits(out + 17, rem / 1000u % 60, 2);
+    put_digits(out + 20, rem % 1000u, 3);
+}

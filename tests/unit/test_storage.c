@@ -1,0 +1,1193 @@
+/* Unit tests for storage/storage.c: the SQLite state machine.
+ *
+ * Each test opens a fresh storage (fixture), applies entries built with the
+ * real codec, and checks queries, results, digests and dumps. Times are
+ * fixed numbers of ms; nothing reads a clock. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "../../lib/crypto.h"
+#include "../../storage/storage.h"
+
+#define T0 1614307598220ull /* 2021-02-26T02:46:38.220Z */
+
+/* --- helpers ----------------------------------------------------------- */
+
+static struct cmd_bytes B(const char *s)
+{
+    struct cmd_bytes b = {s, (uint32_t)strlen(s)};
+
+    return b;
+}
+
+static struct cmd mk(uint8_t op, const char *acc, const char *ns,
+                     const char *sid)
+{
+    struct cmd c;
+
+    memset(&c, 0, sizeof c);
+    c.op = op;
+    c.ttl = -1;
+    c.acc = B(acc);
+    c.ns = B(ns);
+    if (sid != NULL) {
+        c.sid = B(sid);
+    }
+    return c;
+}
+
+static struct cmd mk_put(const char *acc, const char *ns, const char *sid,
+                         const char *name, const char *value)
+{
+    struct cmd c = mk(CMD_PROP_PUT, acc, ns, sid);
+
+    c.name = B(name);
+    c.value = B(value);
+    return c;
+}
+
+/* Build an entry holding the n commands. */
+static void build_entry(struct buf *e, uint64_t time, const struct cmd *c,
+                        size_t n)
+{
+    size_t i;
+
+    assert_int_equal(cmd_entry_begin(e, time), 0);
+    for (i = 0; i < n; i++) {
+        struct buf r = BUF_INIT;
+
+        assert_int_equal(cmd_encode(&c[i], &r), 0);
+        assert_int_equal(cmd_entry_add(e, r.base, r.len), 0);
+        buf_free(&r);
+    }
+}
+
+/* Apply n commands as one entry; copy results into res (may be NULL). */
+static void apply_n(struct storage *s, uint64_t index, uint64_t time,
+                    const struct cmd *c, size_t n, struct storage_result *res)
+{
+    struct buf e = BUF_INIT;
+    struct storage_result *r = NULL;
+    uint32_t nr = 0;
+
+    build_entry(&e, time, c, n);
+    assert_int_equal(storage_apply(s, index, e.base, e.len, &r, &nr), 0);
+    assert_int_equal(nr, n);
+    if (res != NULL && n > 0) {
+        memcpy(res, r, n * sizeof *r);
+    }
+    free(r);
+    buf_free(&e);
+    assert_int_equal(storage_applied_index(s), index);
+}
+
+static struct storage_result apply1(struct storage *s, uint64_t index,
+                                    uint64_t time, struct cmd c)
+{
+    struct storage_result r;
+
+    apply_n(s, index, time, &c, 1, &r);
+    return r;
+}
+
+static int apply1_status(struct storage *s, uint64_t index, uint64_t time,
+                         struct cmd c)
+{
+    return apply1(s, index, time, c).status;
+}
+
+/* The session's properties as JSON text, in out (freed by the caller). */
+static int props(struct storage *s, const char *acc, const char *ns,
+                 const char *sid, uint64_t now, struct buf *out,
+                 uint64_t *version)
+{
+    struct cmd w = mk(0, acc, ns, sid);
+    uint64_t v;
+
+    buf_reset(out);
+    return storage_props_get(s, &w, NULL, 0, now, out,
+                             version != NULL ? version : &v);
+}
+
+static void assert_props(struct storage *s, const char *acc, const char *ns,
+                         const char *sid, uint64_t now, const char *want)
+{
+    struct buf out = BUF_INIT;
+
+    assert_int_equal(props(s, acc, ns, sid, now, &out, NULL), 0);
+    assert_string_equal(out.base, want);
+    buf_free(&out);
+}
+
+static void digest_of(struct storage *s, uint8_t d[32])
+{
+    assert_int_equal(storage_digest(s, d), 0);
+}
+
+static char *dump_of(struct storage *s)
+{
+    struct buf out = BUF_INIT;
+
+    assert_int_equal(storage_dump(s, &out), 0);
+    assert_non_null(out.base);
+    return buf_steal(&out, NULL);
+}
+
+/* The dump without the meta rows (applied index, time), which every apply
+ * changes: what a refused or replayed command must leave alone. */
+static char *rows_of(struct storage *s)
+{
+    char *d = dump_of(s);
+    char *meta = strstr(d, "\nmeta ");
+
+    if (meta != NULL) {
+        meta[1] = '\0';
+    } else if (strncmp(d, "meta ", 5) == 0) {
+        d[0] = '\0';
+    }
+    return d;
+}
+
+static int setup(void **state)
+{
+    struct storage *s;
+
+    if (storage_open(&s) != 0) {
+        return -1;
+    }
+    *state = s;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    storage_close(*state);
+    return 0;
+}
+
+/* --- storage_open / storage_strerror ------------------------------------ */
+
+static void a_new_storage_is_empty(void **state)
+{
+    struct storage *s = *state;
+    struct storage_counts c;
+    uint64_t t;
+
+    assert_int_equal(storage_applied_index(s), 0);
+    assert_int_equal(storage_last_time_ms(s), 0);
+    assert_int_equal(storage_counts(s, &c), 0);
+    assert_int_equal(c.accounts + c.namespaces + c.sessions + c.properties +
+                         c.purged,
+                     0);
+    assert_int_equal(storage_next_expiry(s, &t), STORAGE_ENOTFOUND);
+}
+
+static void every_status_has_a_message(void **state)
+{
+    (void)state;
+    assert_string_equal(storage_strerror(STORAGE_OK), "ok");
+    assert_string_equal(storage_strerror(STORAGE_ETOOLARGE),
+                        "document too large");
+    assert_string_equal(storage_strerror(99), "unknown error");
+}
+
+/* --- SET_KEY / storage_key_verify ----------------------------------------- */
+
+static void a_set_key_is_verified_with_its_hash_only(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk(CMD_SET_KEY, "acc", "", NULL);
+    uint8_t h1[32];
+    uint8_t h2[32];
+
+    sha256("key-1", 5, h1);
+    sha256("key-2", 5, h2);
+    c.key_hash.base = (const char *)h1;
+    c.key_hash.len = 32;
+    assert_int_equal(storage_key_verify(s, "acc", 3, h1), 0);
+    assert_int_equal(apply1_status(s, 1, T0, c), STORAGE_OK);
+    assert_int_equal(storage_key_verify(s, "acc", 3, h1), 1);
+    assert_int_equal(storage_key_verify(s, "acc", 3, h2), 0);
+    assert_int_equal(storage_key_verify(s, "other", 5, h1), 0);
+
+    /* Rotation: the old key stops working. */
+    c.key_hash.base = (const char *)h2;
+    assert_int_equal(apply1_status(s, 2, T0, c), STORAGE_OK);
+    assert_int_equal(storage_key_verify(s, "acc", 3, h1), 0);
+    assert_int_equal(storage_key_verify(s, "acc", 3, h2), 1);
+}
+
+/* --- NS_PUT / NS_DELETE / storage_ns_list ---------------------------------- */
+
+static void namespaces_are_listed_sorted_with_created_at_and_ttl(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[3] = {mk(CMD_NS_PUT, "a", "zeta", NULL),
+                       mk(CMD_NS_PUT, "a", "alpha", NULL),
+                       mk(CMD_NS_PUT, "b", "other", NULL)};
+    struct buf out = BUF_INIT;
+
+    c[0].ttl = 60;
+    apply_n(s, 1, T0, c, 3, NULL);
+    assert_int_equal(storage_ns_list(s, "a", 1, &out), 0);
+    assert_string_equal(
+        out.base,
+        "[{\"name\":\"alpha\",\"createdAt\":\"2021-02-26T02:46:38.220Z\"},"
+        "{\"name\":\"zeta\",\"createdAt\":\"2021-02-26T02:46:38.220Z\","
+        "\"ttlSecond\":60}]");
+    buf_reset(&out);
+    assert_int_equal(storage_ns_list(s, "nobody", 6, &out), 0);
+    assert_string_equal(out.base, "[]");
+    assert_int_equal(storage_ns_exists(s, "a", 1, "zeta", 4), 1);
+    assert_int_equal(storage_ns_exists(s, "a", 1, "other", 5), 0);
+    buf_free(&out);
+}
+
+static void ns_put_ttl_minus_one_keeps_and_zero_clears_the_ttl(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk(CMD_NS_PUT, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    c.ttl = 30;
+    apply1(s, 1, T0, c);
+    c.ttl = -1;
+    apply1(s, 2, T0 + 5000, c); /* createdAt stays the first write's */
+    assert_int_equal(storage_ns_list(s, "a", 1, &out), 0);
+    assert_string_equal(out.base,
+                        "[{\"name\":\"n\",\"createdAt\":"
+                        "\"2021-02-26T02:46:38.220Z\",\"ttlSecond\":30}]");
+    c.ttl = 0;
+    apply1(s, 3, T0, c);
+    buf_reset(&out);
+    assert_int_equal(storage_ns_list(s, "a", 1, &out), 0);
+    assert_string_equal(out.base, "[{\"name\":\"n\",\"createdAt\":"
+                                  "\"2021-02-26T02:46:38.220Z\"}]");
+    buf_free(&out);
+}
+
+static void ns_delete_removes_its_sessions_and_properties(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[3] = {mk_put("a", "n", "s1", "p", "1"),
+                       mk_put("a", "n", NULL, "q", "2"),
+                       mk_put("a", "keep", "s1", "p", "3")};
+    struct storage_counts cnt;
+    struct buf out = BUF_INIT;
+
+    apply_n(s, 1, T0, c, 3, NULL);
+    assert_int_equal(apply1_status(s, 2, T0, mk(CMD_NS_DELETE, "a", "n", NULL)),
+                     STORAGE_OK);
+    assert_int_equal(storage_ns_exists(s, "a", 1, "n", 1), 0);
+    assert_int_equal(props(s, "a", "n", "s1", T0, &out, NULL),
+                     STORAGE_ENOTFOUND);
+    assert_int_equal(storage_counts(s, &cnt), 0);
+    assert_int_equal(cnt.namespaces, 1);
+    assert_int_equal(cnt.sessions, 1);
+    assert_int_equal(cnt.properties, 1);
+    /* Absent: still OK. */
+    assert_int_equal(apply1_status(s, 3, T0, mk(CMD_NS_DELETE, "a", "n", NULL)),
+                     STORAGE_OK);
+    buf_free(&out);
+}
+
+/* --- PATCH / PROP_PUT / queries -------------------------------------------- */
+
+static void a_patch_creates_namespace_and_session_and_upserts(void **state)
+{
+    struct storage *s = *state;
+    struct buf pairs = BUF_INIT;
+    struct cmd c = mk(CMD_PATCH, "a", "n", "s1");
+    struct storage_counts cnt;
+    uint64_t version;
+    struct buf out = BUF_INIT;
+
+    assert_int_equal(cmd_props_add(&pairs, "b", 1, "1.1", 3), 0);
+    assert_int_equal(cmd_props_add(&pairs, "a", 1, "\"x\"", 3), 0);
+    assert_int_equal(cmd_props_add(&pairs, "b", 1, "12345678901234567890", 20),
+                     0);
+    c.n_props = 3;
+    c.props.base = pairs.base;
+    c.props.len = (uint32_t)pairs.len;
+    assert_int_equal(apply1_status(s, 7, T0, c), STORAGE_OK);
+    assert_int_equal(storage_ns_exists(s, "a", 1, "n", 1), 1);
+    /* Later pair wins; names sorted; values verbatim. */
+    assert_int_equal(props(s, "a", "n", "s1", T0, &out, &version), 0);
+    assert_string_equal(out.base, "{\"a\":\"x\",\"b\":12345678901234567890}");
+    assert_int_equal(version, 7);
+    assert_int_equal(storage_counts(s, &cnt), 0);
+    assert_int_equal(cnt.sessions, 1);
+    assert_int_equal(cnt.properties, 2);
+    buf_free(&out);
+    buf_free(&pairs);
+}
+
+static void prop_get_returns_the_value_or_not_found(void **state)
+{
+    struct storage *s = *state;
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    apply1(s, 1, T0, mk_put("a", "n", "__default__", "p", "[1,{\"k\":2}]"));
+    w.name = B("p");
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), 0);
+    assert_string_equal(out.base, "[1,{\"k\":2}]");
+    w.name = B("missing");
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), STORAGE_ENOTFOUND);
+    w.ns = B("nope");
+    w.name = B("p");
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), STORAGE_ENOTFOUND);
+    buf_free(&out);
+}
+
+static void the_namespace_properties_are_the_default_session(void **state)
+{
+    struct storage *s = *state;
+
+    apply1(s, 1, T0, mk_put("a", "n", NULL, "p", "1"));
+    assert_props(s, "a", "n", "__default__", T0, "{\"p\":1}");
+    assert_props(s, "a", "n", NULL, T0, "{\"p\":1}");
+}
+
+static void props_get_filters_by_names(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[3] = {mk_put("a", "n", "s", "x", "1"),
+                       mk_put("a", "n", "s", "y", "2"),
+                       mk_put("a", "n", "s", "z", "3")};
+    struct cmd w = mk(0, "a", "n", "s");
+    struct cmd_bytes names[3] = {B("z"), B("x"), B("absent")};
+    struct buf out = BUF_INIT;
+    uint64_t v;
+
+    apply_n(s, 1, T0, c, 3, NULL);
+    assert_int_equal(storage_props_get(s, &w, names, 3, T0, &out, &v), 0);
+    assert_string_equal(out.base, "{\"x\":1,\"z\":3}");
+    buf_free(&out);
+}
+
+static void an_absent_session_of_an_existing_namespace_is_empty(void **state)
+{
+    struct storage *s = *state;
+    struct buf out = BUF_INIT;
+    uint64_t v = 99;
+
+    apply1(s, 1, T0, mk(CMD_NS_PUT, "a", "n", NULL));
+    assert_int_equal(props(s, "a", "n", "nobody", T0, &out, &v), 0);
+    assert_string_equal(out.base, "{}");
+    assert_int_equal(v, 0);
+    assert_int_equal(props(s, "a", "unknown", "s", T0, &out, &v),
+                     STORAGE_ENOTFOUND);
+    buf_free(&out);
+}
+
+static void names_are_escaped_on_output(void **state)
+{
+    struct storage *s = *state;
+
+    apply1(s, 1, T0, mk_put("a", "n", "s", "q\"\\\n", "true"));
+    assert_props(s, "a", "n", "s", T0, "{\"q\\\"\\\\\\n\":true}");
+}
+
+/* --- PROP_DELETE / SESSION_CLEAR ------------------------------------------ */
+
+static void prop_delete_removes_and_bumps_the_version(void **state)
+{
+    struct storage *s = *state;
+    struct cmd d = mk(CMD_PROP_DELETE, "a", "n", "s");
+    struct buf out = BUF_INIT;
+    uint64_t v;
+
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    apply1(s, 2, T0, mk_put("a", "n", "s", "q", "2"));
+    d.name = B("p");
+    assert_int_equal(apply1_status(s, 3, T0, d), STORAGE_OK);
+    assert_int_equal(props(s, "a", "n", "s", T0, &out, &v), 0);
+    assert_string_equal(out.base, "{\"q\":2}");
+    assert_int_equal(v, 3);
+    /* Absent property, absent session, absent namespace: all OK. */
+    assert_int_equal(apply1_status(s, 4, T0, d), STORAGE_OK);
+    d.sid = B("nobody");
+    assert_int_equal(apply1_status(s, 5, T0, d), STORAGE_OK);
+    d.ns = B("nons");
+    assert_int_equal(apply1_status(s, 6, T0, d), STORAGE_OK);
+    assert_int_equal(storage_ns_exists(s, "a", 1, "nons", 4), 0);
+    buf_free(&out);
+}
+
+static void session_clear_keeps_the_ttl_and_bumps_the_version(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ttl = mk(CMD_SESSION_TTL, "a", "n", "s");
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+    uint64_t v;
+
+    apply1(s, 1, T0, mk(CMD_NS_PUT, "a", "n", NULL));
+    ttl.ttl = 100;
+    assert_int_equal(apply1_status(s, 2, T0, ttl), STORAGE_OK);
+    apply1(s, 3, T0, mk_put("a", "n", "s", "p", "1"));
+    assert_int_equal(apply1_status(s, 4, T0,
+                                   mk(CMD_SESSION_CLEAR, "a", "n", "s")),
+                     STORAGE_OK);
+    assert_int_equal(props(s, "a", "n", "s", T0, &out, &v), 0);
+    assert_string_equal(out.base, "{}");
+    assert_int_equal(v, 4);
+    buf_reset(&out);
+    assert_int_equal(storage_session_ttls(s, &w, &out), 0);
+    assert_string_equal(out.base,
+                        "[{\"sessionId\":\"s\",\"createdAt\":"
+                        "\"2021-02-26T02:46:38.220Z\",\"ttlSecond\":100}]");
+    /* Absent session: OK, and no session row appears. */
+    assert_int_equal(apply1_status(s, 5, T0,
+                                   mk(CMD_SESSION_CLEAR, "a", "n", "x")),
+                     STORAGE_OK);
+    assert_int_equal(props(s, "a", "n", "x", T0, &out, &v), 0);
+    assert_int_equal(v, 0);
+    buf_free(&out);
+}
+
+/* --- SESSION_TTL / storage_session_ttls ------------------------------------ */
+
+static void session_ttl_on_an_unknown_namespace_is_not_found(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk(CMD_SESSION_TTL, "a", "n", "s");
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    c.ttl = 10;
+    assert_int_equal(apply1_status(s, 1, T0, c), STORAGE_ENOTFOUND);
+    assert_int_equal(storage_session_ttls(s, &w, &out), STORAGE_ENOTFOUND);
+    assert_int_equal(out.len, 0);
+    buf_free(&out);
+}
+
+static void session_ttls_lists_only_sessions_with_a_ttl_sorted(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[4] = {mk(CMD_NS_PUT, "a", "n", NULL),
+                       mk(CMD_SESSION_TTL, "a", "n", "s2"),
+                       mk(CMD_SESSION_TTL, "a", "n", "s1"),
+                       mk(CMD_SESSION_TTL, "a", "n", "s3")};
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    c[1].ttl = 20;
+    c[2].ttl = 10;
+    c[3].ttl = 0; /* no TTL: not listed */
+    apply_n(s, 1, T0, c, 4, NULL);
+    apply1(s, 2, T0, mk_put("a", "n", "s4", "p", "1"));
+    assert_int_equal(storage_session_ttls(s, &w, &out), 0);
+    assert_string_equal(out.base,
+                        "[{\"sessionId\":\"s1\",\"createdAt\":"
+                        "\"2021-02-26T02:46:38.220Z\",\"ttlSecond\":10},"
+                        "{\"sessionId\":\"s2\",\"createdAt\":"
+                        "\"2021-02-26T02:46:38.220Z\",\"ttlSecond\":20}]");
+    buf_free(&out);
+}
+
+/* --- TTL expiry ------------------------------------------------------------ */
+
+static void a_namespace_ttl_expires_properties_written_after_it(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+    uint64_t t;
+
+    ns.ttl = 10;
+    apply1(s, 1, T0, ns);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "1"));
+    assert_int_equal(storage_next_expiry(s, &t), 0);
+    assert_int_equal(t, T0 + 10000);
+    assert_props(s, "a", "n", "s", T0 + 9999, "{\"p\":1}");
+    assert_props(s, "a", "n", "s", T0 + 10000, "{}");
+}
+
+static void a_session_ttl_overrides_the_namespace_ttl(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+    struct cmd st = mk(CMD_SESSION_TTL, "a", "n", "s");
+
+    ns.ttl = 10;
+    st.ttl = 100;
+    apply1(s, 1, T0, ns);
+    apply1(s, 2, T0, st);
+    apply1(s, 3, T0, mk_put("a", "n", "s", "p", "1"));
+    apply1(s, 4, T0, mk_put("a", "n", "other", "p", "2"));
+    assert_props(s, "a", "n", "s", T0 + 50000, "{\"p\":1}");
+    assert_props(s, "a", "n", "other", T0 + 50000, "{}");
+    assert_props(s, "a", "n", "s", T0 + 100000, "{}");
+}
+
+static void changing_a_ttl_affects_only_later_writes(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+
+    ns.ttl = 10;
+    apply1(s, 1, T0, ns);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "early", "1"));
+    ns.ttl = 0; /* remove the TTL */
+    apply1(s, 3, T0, ns);
+    apply1(s, 4, T0, mk_put("a", "n", "s", "late", "2"));
+    assert_props(s, "a", "n", "s", T0 + 20000, "{\"late\":2}");
+    /* A rewrite under no TTL makes the property permanent. */
+    apply1(s, 5, T0 + 1, mk_put("a", "n", "s", "early", "3"));
+    assert_props(s, "a", "n", "s", T0 + 20000, "{\"early\":3,\"late\":2}");
+}
+
+static void purge_removes_what_expired_and_counts_it(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+    struct cmd purge = mk(CMD_PURGE, "", "", NULL);
+    struct storage_counts cnt;
+    uint64_t t;
+
+    ns.ttl = 10;
+    apply1(s, 1, T0, ns);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "a", "1"));
+    apply1(s, 3, T0 + 5000, mk_put("a", "n", "s", "b", "2"));
+    apply1(s, 4, T0 + 5000, mk_put("a", "keep", "s", "c", "3"));
+    assert_int_equal(apply1_status(s, 5, T0 + 10000, purge), STORAGE_OK);
+    assert_int_equal(storage_counts(s, &cnt), 0);
+    assert_int_equal(cnt.properties, 2);
+    assert_int_equal(cnt.purged, 1);
+    assert_int_equal(storage_next_expiry(s, &t), 0);
+    assert_int_equal(t, T0 + 15000);
+    apply1(s, 6, T0 + 15000, purge);
+    assert_int_equal(storage_counts(s, &cnt), 0);
+    assert_int_equal(cnt.properties, 1);
+    assert_int_equal(cnt.purged, 2);
+    assert_int_equal(storage_next_expiry(s, &t), STORAGE_ENOTFOUND);
+}
+
+static void entry_time_never_goes_backwards(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+
+    ns.ttl = 10;
+    apply1(s, 1, T0 + 1000, ns);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "1")); /* older stamp */
+    assert_int_equal(storage_last_time_ms(s), T0 + 1000);
+    assert_props(s, "a", "n", "s", T0 + 10999, "{\"p\":1}");
+    assert_props(s, "a", "n", "s", T0 + 11000, "{}");
+}
+
+/* --- If-Match ---------------------------------------------------------- */
+
+static void if_match_applies_when_the_version_is_current(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk_put("a", "n", "s", "p", "2");
+    struct buf out = BUF_INIT;
+    uint64_t v;
+
+    apply1(s, 4, T0, mk_put("a", "n", "s", "p", "1"));
+    c.if_match = 4;
+    assert_int_equal(apply1_status(s, 5, T0, c), STORAGE_OK);
+    assert_int_equal(props(s, "a", "n", "s", T0, &out, &v), 0);
+    assert_string_equal(out.base, "{\"p\":2}");
+    assert_int_equal(v, 5);
+    buf_free(&out);
+}
+
+static void if_match_with_a_stale_version_fails_and_changes_nothing(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ops[4] = {mk_put("a", "n", "s", "p", "2"),
+                         mk(CMD_PROP_DELETE, "a", "n", "s"),
+                         mk(CMD_SESSION_CLEAR, "a", "n", "s"),
+                         mk(CMD_PATCH, "a", "n2", "s")};
+    char *before;
+    char *after;
+    struct storage_result r;
+    size_t i;
+
+    apply1(s, 4, T0, mk_put("a", "n", "s", "p", "1"));
+    ops[1].name = B("p");
+    for (i = 0; i < 4; i++) {
+        ops[i].if_match = 3;
+        before = rows_of(s);
+        r = apply1(s, 10 + i, T0, ops[i]);
+        assert_int_equal(r.status, STORAGE_EPRECONDITION);
+        assert_int_equal(r.index, 10 + i);
+        after = rows_of(s);
+        assert_string_equal(before, after);
+        free(before);
+        free(after);
+    }
+    assert_props(s, "a", "n", "s", T0, "{\"p\":1}");
+    /* The PATCH into an absent namespace did not create it. */
+    assert_int_equal(storage_ns_exists(s, "a", 1, "n2", 2), 0);
+}
+
+/* --- Document size ------------------------------------------------------- */
+
+static void a_document_over_the_limit_is_refused_and_changes_nothing(void **state)
+{
+    struct storage *s = *state;
+    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1; /* {"p":<value>} exactly max */
+    char *value = malloc(big + 1);
+    struct cmd c;
+    char *before;
+    char *after;
+    struct storage_result r;
+
+    assert_non_null(value);
+    memset(value, '1', big);
+    value[big] = '\0';
+    c = mk_put("a", "n", "s", "p", value);
+    assert_int_equal(apply1_status(s, 1, T0, c), STORAGE_OK);
+
+    /* One more property of any size is too much. */
+    before = rows_of(s);
+    r = apply1(s, 2, T0 + 1, mk_put("a", "n", "s", "q", "1"));
+    assert_int_equal(r.status, STORAGE_ETOOLARGE);
+    after = rows_of(s);
+    assert_string_equal(before, after);
+    free(after);
+    free(before);
+
+    /* Replacing the value with a smaller one is fine... */
+    assert_int_equal(apply1_status(s, 3, T0, mk_put("a", "n", "s", "p", "2")),
+                     STORAGE_OK);
+    /* ...and a new session one byte over the limit is refused whole: its
+     * namespace and session rows are not created either. */
+    before = rows_of(s);
+    c = mk_put("a", "n2", "s2", "pp", value);
+    assert_int_equal(apply1_status(s, 4, T0 + 2, c), STORAGE_ETOOLARGE);
+    after = rows_of(s);
+    assert_string_equal(before, after);
+    assert_int_equal(storage_ns_exists(s, "a", 1, "n2", 2), 0);
+    free(before);
+    free(after);
+    free(value);
+}
+
+static void expired_properties_do_not_count_toward_the_document(void **state)
+{
+    struct storage *s = *state;
+    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
+    char *value = malloc(big + 1);
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+    struct storage_counts cnt;
+
+    assert_non_null(value);
+    memset(value, '1', big);
+    value[big] = '\0';
+    ns.ttl = 1;
+    apply1(s, 1, T0, ns);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", value));
+    /* Before expiry: too large; after: the old row is replaced. */
+    assert_int_equal(apply1_status(s, 3, T0 + 999,
+                                   mk_put("a", "n", "s", "q", "1")),
+                     STORAGE_ETOOLARGE);
+    assert_int_equal(apply1_status(s, 4, T0 + 1000,
+                                   mk_put("a", "n", "s", "q", "1")),
+                     STORAGE_OK);
+    assert_int_equal(storage_counts(s, &cnt), 0);
+    assert_int_equal(cnt.properties, 1);
+    free(value);
+}
+
+/* --- Exactly-once ----------------------------------------------------------- */
+
+static void a_repeated_request_id_returns_the_first_outcome(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk_put("a", "n", "s", "p", "1");
+    struct cmd again = mk_put("a", "n", "s", "p", "2");
+    struct storage_result r;
+    char *before;
+    char *after;
+
+    c.request_id = B("req-1");
+    again.request_id = B("req-1");
+    r = apply1(s, 5, T0, c);
+    assert_int_equal(r.status, STORAGE_OK);
+    assert_int_equal(r.index, 5);
+    before = rows_of(s);
+    r = apply1(s, 6, T0 + 1000, again);
+    assert_int_equal(r.status, STORAGE_OK);
+    assert_int_equal(r.index, 5);
+    assert_props(s, "a", "n", "s", T0, "{\"p\":1}");
+    after = rows_of(s);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+
+    /* The same id in another account is another request. */
+    again.acc = B("b");
+    r = apply1(s, 7, T0 + 1000, again);
+    assert_int_equal(r.index, 7);
+}
+
+static void a_refused_request_is_remembered_with_its_status(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk(CMD_SESSION_TTL, "a", "n", "s");
+    struct storage_result r;
+
+    c.ttl = 5;
+    c.request_id = B("r");
+    r = apply1(s, 1, T0, c);
+    assert_int_equal(r.status, STORAGE_ENOTFOUND);
+    apply1(s, 2, T0, mk(CMD_NS_PUT, "a", "n", NULL));
+    r = apply1(s, 3, T0, c); /* would succeed now, but it is a retry */
+    assert_int_equal(r.status, STORAGE_ENOTFOUND);
+    assert_int_equal(r.index, 1);
+}
+
+static void a_request_id_is_forgotten_after_the_window(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk_put("a", "n", "s", "p", "1");
+    struct storage_result r;
+
+    c.request_id = B("req");
+    apply1(s, 1, T0, c);
+    r = apply1(s, 2, T0 + STORAGE_DEDUP_WINDOW_MS, c);
+    assert_int_equal(r.index, 1); /* at the edge: still remembered */
+    r = apply1(s, 3, T0 + STORAGE_DEDUP_WINDOW_MS + 1, c);
+    assert_int_equal(r.status, STORAGE_OK);
+    assert_int_equal(r.index, 3); /* applied again */
+}
+
+/* --- Entries ------------------------------------------------------------- */
+
+static void a_corrupt_record_fails_alone(void **state)
+{
+    struct storage *s = *state;
+    struct buf e = BUF_INIT;
+    struct buf r1 = BUF_INIT;
+    struct cmd c1 = mk_put("a", "n", "s", "p", "1");
+    struct cmd c2 = mk_put("a", "n", "s", "q", "2");
+    struct storage_result *res;
+    uint32_t n;
+
+    assert_int_equal(cmd_entry_begin(&e, T0), 0);
+    assert_int_equal(cmd_encode(&c1, &r1), 0);
+    assert_int_equal(cmd_entry_add(&e, r1.base, r1.len), 0);
+    assert_int_equal(cmd_entry_add(&e, "\x63garbage", 8), 0);
+    buf_reset(&r1);
+    assert_int_equal(cmd_encode(&c2, &r1), 0);
+    assert_int_equal(cmd_entry_add(&e, r1.base, r1.len), 0);
+    assert_int_equal(storage_apply(s, 9, e.base, e.len, &res, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(res[0].status, STORAGE_OK);
+    assert_int_equal(res[1].status, STORAGE_ECORRUPT);
+    assert_int_equal(res[2].status, STORAGE_OK);
+    assert_props(s, "a", "n", "s", T0, "{\"p\":1,\"q\":2}");
+    free(res);
+    buf_free(&r1);
+    buf_free(&e);
+}
+
+static void a_bad_entry_applies_nothing(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk_put("a", "n", "s", "p", "1");
+    struct buf e = BUF_INIT;
+    struct storage_result *res = NULL;
+    uint32_t n = 7;
+    char *before;
+    char *after;
+    size_t cut;
+
+    apply1(s, 1, T0, mk(CMD_NS_PUT, "a", "x", NULL));
+    before = dump_of(s);
+    build_entry(&e, T0, &c, 1);
+    for (cut = 0; cut < e.len; cut++) {
+        assert_int_equal(storage_apply(s, 2, e.base, cut, &res, &n),
+                         STORAGE_ECORRUPT);
+        assert_null(res);
+        assert_int_equal(n, 0);
+    }
+    e.base[0] = 'X';
+    assert_int_equal(storage_apply(s, 2, e.base, e.len, &res, &n),
+                     STORAGE_ECORRUPT);
+    after = dump_of(s);
+    assert_string_equal(before, after);
+    assert_int_equal(storage_applied_index(s), 1);
+    free(before);
+    free(after);
+    buf_free(&e);
+}
+
+static void an_empty_entry_advances_the_applied_index(void **state)
+{
+    struct storage *s = *state;
+
+    apply_n(s, 3, T0, NULL, 0, NULL);
+    assert_int_equal(storage_applied_index(s), 3);
+    assert_int_equal(storage_last_time_ms(s), T0);
+}
+
+/* --- Session listings --------------------------------------------------- */
+
+static void session_ids_are_sorted_paged_and_live_only(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[5] = {mk_put("a", "n", "s2", "p", "1"),
+                       mk_put("a", "n", NULL, "p", "1"),
+                       mk_put("a", "n", "s1", "p", "1"),
+                       mk_put("a", "n", "S0", "p", "1"),
+                       mk(CMD_SESSION_TTL, "a", "n", "gone")};
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    c[4].ttl = 1;
+    apply_n(s, 1, T0, c, 5, NULL);
+    apply1(s, 2, T0, mk_put("a", "n", "gone", "p", "1"));
+    assert_int_equal(storage_session_ids(s, &w, 0, 100, T0, &out), 0);
+    assert_string_equal(out.base,
+                        "[\"S0\",\"__default__\",\"gone\",\"s1\",\"s2\"]");
+    buf_reset(&out);
+    assert_int_equal(storage_session_ids(s, &w, 0, 100, T0 + 1000, &out), 0);
+    assert_string_equal(out.base, "[\"S0\",\"__default__\",\"s1\",\"s2\"]");
+    buf_reset(&out);
+    assert_int_equal(storage_session_ids(s, &w, 1, 2, T0 + 1000, &out), 0);
+    assert_string_equal(out.base, "[\"s1\",\"s2\"]");
+    buf_reset(&out);
+    assert_int_equal(storage_session_ids(s, &w, 2, 2, T0 + 1000, &out), 0);
+    assert_string_equal(out.base, "[]");
+    buf_reset(&out);
+    assert_int_equal(
+        storage_session_ids(s, &w, UINT64_MAX, 1000, T0 + 1000, &out), 0);
+    assert_string_equal(out.base, "[]");
+    w.ns = B("unknown");
+    buf_reset(&out);
+    assert_int_equal(storage_session_ids(s, &w, 0, 10, T0, &out),
+                     STORAGE_ENOTFOUND);
+    buf_free(&out);
+}
+
+static void session_props_lists_each_session_document(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[3] = {mk_put("a", "n", "s2", "b", "2"),
+                       mk_put("a", "n", "s1", "a", "\"x\""),
+                       mk_put("a", "n", "s1", "c", "null")};
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    apply_n(s, 1, T0, c, 3, NULL);
+    assert_int_equal(storage_session_props(s, &w, 0, 100, T0, &out), 0);
+    assert_string_equal(out.base,
+                        "[{\"sessionId\":\"s1\",\"property\":"
+                        "{\"a\":\"x\",\"c\":null}},"
+                        "{\"sessionId\":\"s2\",\"property\":{\"b\":2}}]");
+    buf_reset(&out);
+    assert_int_equal(storage_session_props(s, &w, 1, 1, T0, &out), 0);
+    assert_string_equal(out.base,
+                        "[{\"sessionId\":\"s2\",\"property\":{\"b\":2}}]");
+    buf_free(&out);
+}
+
+/* --- NODE_INFO ------------------------------------------------------------ */
+
+static void node_info_is_upserted_and_looked_up(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk(CMD_NODE_INFO, "", "", NULL);
+    struct buf addr = BUF_INIT;
+    struct buf region = BUF_INIT;
+
+    c.node_id = 2;
+    c.http_addr = B("127.0.0.1:8082");
+    c.region = B("eu");
+    apply1(s, 1, T0, c);
+    c.http_addr = B("127.0.0.1:9999");
+    apply1(s, 2, T0, c);
+    assert_int_equal(storage_node_lookup(s, 2, &addr, &region), 0);
+    assert_string_equal(addr.base, "127.0.0.1:9999");
+    assert_string_equal(region.base, "eu");
+    assert_int_equal(storage_node_lookup(s, 3, &addr, &region),
+                     STORAGE_ENOTFOUND);
+    buf_free(&addr);
+    buf_free(&region);
+}
+
+/* --- Snapshots ------------------------------------------------------------ */
+
+/* A storage with a bit of everything in it. */
+static void fill(struct storage *s)
+{
+    struct cmd c[6] = {mk(CMD_NS_PUT, "a", "n", NULL),
+                       mk_put("a", "n", "s", "p", "1"),
+                       mk_put("a", "n", NULL, "q", "[true]"),
+                       mk(CMD_SESSION_TTL, "a", "n", "t"),
+                       mk(CMD_SET_KEY, "a", "", NULL),
+                       mk(CMD_NODE_INFO, "", "", NULL)};
+    uint8_t h[32];
+
+    sha256("k", 1, h);
+    c[0].ttl = 60;
+    c[1].request_id = B("r1");
+    c[3].ttl = 5;
+    c[4].key_hash.base = (const char *)h;
+    c[4].key_hash.len = 32;
+    c[5].node_id = 1;
+    c[5].http_addr = B("h:1");
+    c[5].region = B("r");
+    apply_n(s, 1, T0, c, 6, NULL);
+    apply1(s, 2, T0 + 60000, mk(CMD_PURGE, "", "", NULL));
+    apply1(s, 3, T0 + 60000, mk_put("a", "n", "t", "x", "\"y\""));
+}
+
+static void a_snapshot_restores_to_the_same_state(void **state)
+{
+    struct storage *s = *state;
+    struct storage *copy;
+    uint8_t d1[32];
+    uint8_t d2[32];
+    char *dump1;
+    char *dump2;
+    void *img;
+    size_t len;
+    struct storage_counts c1;
+    struct storage_counts c2;
+
+    fill(s);
+    assert_int_equal(storage_snapshot(s, &img, &len), 0);
+    assert_int_equal(storage_open(&copy), 0);
+    apply1(copy, 1, T0, mk_put("z", "z", "z", "z", "1")); /* replaced */
+    assert_int_equal(storage_restore(copy, img, len), 0);
+    digest_of(s, d1);
+    digest_of(copy, d2);
+    assert_memory_equal(d1, d2, 32);
+    dump1 = dump_of(s);
+    dump2 = dump_of(copy);
+    assert_string_equal(dump1, dump2);
+    assert_int_equal(storage_applied_index(copy), 3);
+    assert_int_equal(storage_last_time_ms(copy), T0 + 60000);
+    assert_int_equal(storage_counts(s, &c1), 0);
+    assert_int_equal(storage_counts(copy, &c2), 0);
+    assert_memory_equal(&c1, &c2, sizeof c1);
+    assert_int_equal(c2.purged, 2); /* p and q expired at T0 + 60 s */
+
+    /* The restored storage keeps applying like the original. */
+    apply1(s, 4, T0 + 61000, mk_put("a", "n", "s", "p", "2"));
+    apply1(copy, 4, T0 + 61000, mk_put("a", "n", "s", "p", "2"));
+    digest_of(s, d1);
+    digest_of(copy, d2);
+    assert_memory_equal(d1, d2, 32);
+    free(dump1);
+    free(dump2);
+    free(img);
+    storage_close(copy);
+}
+
+static void restoring_bad_bytes_fails_and_keeps_the_old_state(void **state)
+{
+    struct storage *s = *state;
+    struct storage *victim;
+    void *img;
+    size_t len;
+    char *before;
+    char *after;
+    char *garbage;
+    size_t cut;
+    size_t i;
+
+    fill(s);
+    assert_int_equal(storage_snapshot(s, &img, &len), 0);
+    assert_int_equal(storage_open(&victim), 0);
+    apply1(victim, 1, T0, mk_put("v", "v", "v", "v", "1"));
+    before = dump_of(victim);
+
+    assert_int_equal(storage_restore(victim, NULL, 0), STORAGE_ECORRUPT);
+    assert_int_equal(storage_restore(victim, "short", 5), STORAGE_ECORRUPT);
+    /* Every page-ish truncation, and some odd ones. */
+    for (cut = 0; cut < len; cut += (cut < 512 ? 37 : 509)) {
+        assert_int_equal(storage_restore(victim, img, cut), STORAGE_ECORRUPT);
+    }
+    /* Garbage after a valid header. */
+    garbage = malloc(len);
+    assert_non_null(garbage);
+    memcpy(garbage, img, 100);
+    for (i = 100; i < len; i++) {
+        garbage[i] = (char)(i * 131 + 7);
+    }
+    assert_int_equal(storage_restore(victim, garbage, len), STORAGE_ECORRUPT);
+    free(garbage);
+
+    after = dump_of(victim);
+    assert_string_equal(before, after);
+    assert_int_equal(storage_applied_index(victim), 1);
+    apply1(victim, 2, T0, mk_put("v", "v", "v", "w", "2"));
+    assert_props(victim, "v", "v", "v", T0, "{\"v\":1,\"w\":2}");
+    free(before);
+    free(after);
+    free(img);
+    storage_close(victim);
+}
+
+static void a_database_without_our_schema_is_refused(void **state)
+{
+    static const char *const schemas[] = {
+        "CREATE TABLE foo(x)",
+        /* every table, but accounts lacks a column */
+        "CREATE TABLE accounts(acc);"
+        "CREATE TABLE namespaces(acc, ns, created_ms, ttl);"
+        "CREATE TABLE sessions(acc, ns, sid, created_ms, ttl, version);"
+        "CREATE TABLE properties(acc, ns, sid, name, value, expires_ms);"
+        "CREATE TABLE requests(acc, rid, at_ms, status, idx);"
+        "CREATE TABLE nodes(id, http_addr, region);"
+        "CREATE TABLE meta(k, v);",
+    };
+    struct storage *s = *state;
+    char *before;
+    char *after;
+    size_t i;
+
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    before = dump_of(s);
+    for (i = 0; i < sizeof schemas / sizeof schemas[0]; i++) {
+        sqlite3 *db;
+        sqlite3_int64 len;
+        unsigned char *img;
+
+        assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, schemas[i], NULL, NULL, NULL),
+                         SQLITE_OK);
+        img = sqlite3_serialize(db, "main", &len, 0);
+        assert_non_null(img);
+        assert_int_equal(storage_restore(s, img, (size_t)len),
+                         STORAGE_ECORRUPT);
+        sqlite3_free(img);
+        sqlite3_close(db);
+    }
+    after = dump_of(s);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+}
+
+/* --- Determinism ------------------------------------------------------- */
+
+static void the_same_entries_give_the_same_digest_and_dump(void **state)
+{
+    struct storage *a = *state;
+    struct storage *b;
+    uint8_t da[32];
+    uint8_t db[32];
+    char *xa;
+    char *xb;
+
+    assert_int_equal(storage_open(&b), 0);
+    fill(a);
+    fill(b);
+    digest_of(a, da);
+    digest_of(b, db);
+    assert_memory_equal(da, db, 32);
+    xa = dump_of(a);
+    xb = dump_of(b);
+    assert_string_equal(xa, xb);
+
+    /* One different value changes the digest. */
+    apply1(a, 4, T0 + 61000, mk_put("a", "n", "s", "p", "2"));
+    apply1(b, 4, T0 + 61000, mk_put("a", "n", "s", "p", "3"));
+    digest_of(a, da);
+    digest_of(b, db);
+    assert_memory_not_equal(da, db, 32);
+    free(xa);
+    free(xb);
+    storage_close(b);
+}
+
+static void the_digest_separates_column_boundaries(void **state)
+{
+    struct storage *a = *state;
+    struct storage *b;
+    uint8_t da[32];
+    uint8_t db[32];
+
+    assert_int_equal(storage_open(&b), 0);
+    apply1(a, 1, T0, mk_put("a", "n", "s", "ab", "1"));
+    apply1(b, 1, T0, mk_put("a", "n", "sa", "b", "1"));
+    digest_of(a, da);
+    digest_of(b, db);
+    assert_memory_not_equal(da, db, 32);
+    storage_close(b);
+}
+
+/* --- storage_format_time ---------------------------------------------- */
+
+static void times_are_formatted_as_iso_8601_utc_with_milliseconds(void **state)
+{
+    char t[25];
+
+    (void)state;
+    storage_format_time(T0, t);
+    assert_string_equal(t, "2021-02-26T02:46:38.220Z");
+    storage_format_time(0, t);
+    assert_string_equal(t, "1970-01-01T00:00:00.000Z");
+    storage_format_time(951782400000ull, t); /* leap day 2000 */
+    assert_string_equal(t, "2000-02-29T00:00:00.000Z");
+    storage_format_time(1704067199999ull, t);
+    assert_string_equal(t, "2023-12-31T23:59:59.999Z");
+    storage_format_time(UINT64_MAX, t);
+    assert_string_equal(t, "9999-12-31T23:59:59.999Z");
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(a_new_storage_is_empty),
+        T(every_status_has_a_message),
+        T(a_set_key_is_verified_with_its_hash_only),
+        T(namespaces_are_listed_sorted_with_created_at_and_ttl),
+        T(ns_put_ttl_minus_one_keeps_and_zero_clears_the_ttl),
+        T(ns_delete_removes_its_sessions_and_properties),
+        T(a_patch_creates_namespace_and_session_and_upserts),
+        T(prop_get_returns_the_value_or_not_found),
+        T(the_namespace_properties_are_the_default_session),
+        T(props_get_filters_by_names),
+        T(an_absent_session_of_an_existing_namespace_is_empty),
+        T(names_are_escaped_on_output),
+        T(prop_delete_removes_and_bumps_the_version),
+        T(session_clear_keeps_the_ttl_and_bumps_the_version),
+        T(session_ttl_on_an_unknown_namespace_is_not_found),
+        T(session_ttls_lists_only_sessions_with_a_ttl_sorted),
+        T(a_namespace_ttl_expires_properties_written_after_it),
+        T(a_session_ttl_overrides_the_namespace_ttl),
+        T(changing_a_ttl_affects_only_later_writes),
+        T(purge_removes_what_expired_and_counts_it),
+        T(entry_time_never_goes_backwards),
+        T(if_match_applies_when_the_version_is_current),
+        T(if_match_with_a_stale_version_fails_and_changes_nothing),
+        T(a_document_over_the_limit_is_refused_and_changes_nothing),
+        T(expired_properties_do_not_count_toward_the_document),
+        T(a_repeated_request_id_returns_the_first_outcome),
+        T(a_refused_request_is_remembered_with_its_status),
+        T(a_request_id_is_forgotten_after_the_window),
+        T(a_corrupt_record_fails_alone),
+        T(a_bad_entry_applies_nothing),
+        T(an_empty_entry_advances_the_applied_index),
+        T(session_ids_are_sorted_paged_and_live_only),
+        T(session_props_lists_each_session_document),
+        T(node_info_is_upserted_and_looked_up),
+        T(a_snapshot_restores_to_the_same_state),
+        T(restoring_bad_bytes_fails_and_keeps_the_old_state),
+        T(a_database_without_our_schema_is_refused),
+        T(the_same_entries_give_the_same_digest_and_dump),
+        T(the_digest_separates_column_boundaries),
+        T(times_are_formatted_as_iso_8601_utc_with_milliseconds),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
