@@ -470,6 +470,21 @@ static void session_ttl_on_an_unknown_namespace_is_not_found(void **state)
     buf_free(&out);
 }
 
+static void a_negative_session_ttl_is_refused_as_malformed(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk(CMD_SESSION_TTL, "a", "n", "s");
+    struct cmd w = mk(0, "a", "n", NULL);
+    struct buf out = BUF_INIT;
+
+    apply1(s, 1, T0, mk(CMD_NS_PUT, "a", "n", NULL));
+    c.ttl = -5;
+    assert_int_equal(apply1_status(s, 2, T0, c), STORAGE_ECORRUPT);
+    assert_int_equal(storage_session_ttls(s, &w, &out), 0);
+    assert_string_equal(out.base, "[]");
+    buf_free(&out);
+}
+
 static void session_ttls_lists_only_sessions_with_a_ttl_sorted(void **state)
 {
     struct storage *s = *state;
@@ -1162,6 +1177,7 @@ int main(void)
         T(prop_delete_removes_and_bumps_the_version),
         T(session_clear_keeps_the_ttl_and_bumps_the_version),
         T(session_ttl_on_an_unknown_namespace_is_not_found),
+        T(a_negative_session_ttl_is_refused_as_malformed),
         T(session_ttls_lists_only_sessions_with_a_ttl_sorted),
         T(a_namespace_ttl_expires_properties_written_after_it),
         T(a_session_ttl_overrides_the_namespace_ttl),
