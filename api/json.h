@@ -45,7 +45,7 @@ enum json_type {
 
 /* Validate that text[0..len) is exactly one JSON value, optionally
  * surrounded by whitespace, nested at most max_depth levels. On success
- * *start/*end delimit the value without the surrounding whitespace and
+ * *start and *end delimit the value without the surrounding whitespace and
  * *type is its type. */
 int json_validate(const char *text, size_t len, unsigned max_depth,
                   size_t *start, size_t *end, enum json_type *type);
