@@ -77,7 +77,9 @@
     X(AE_READ_TIMEOUT, 504, "timeout",                                        \
       "read condition not reached in time")
 
+/* 0 means "no error", so the first real error is 1. */
 enum api_error {
+    AE_NONE = 0,
 #define AE_ENUM(name, status, code, msg) name,
     API_ERRORS(AE_ENUM)
 #undef AE_ENUM
@@ -89,6 +91,7 @@ static const struct
     const char *code;
     const char *message;
 } api_errors[] = {
+    {500, "internal", "internal error"}, /* AE_NONE: never answered */
 #define AE_ROW(name, status, code, msg) {status, code, msg},
     API_ERRORS(AE_ROW)
 #undef AE_ROW

@@ -191,7 +191,6 @@ static void on_consensus_closed(void *data)
     uv_close((uv_handle_t *)&n->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&n->sigterm, on_handle_closed);
     uv_close((uv_handle_t *)&n->guard, on_handle_closed);
-    LOGI("raft closed", NULL);
 }
 
 static void on_http_stopped(void *data)
