@@ -158,7 +158,7 @@ class ApiRows(NodeTestCase):
     def test_namespace_properties_are_the_default_session(self):
         self.ok(self.c.patch(self.props("n"), {"a": 1}))
         self.ok(self.c.patch(self.props("n", "__default__"), {"b": 2}))
-        self.ok(self.c.put(self.url("n", "properties", "c"), "three"))
+        self.ok(self.c.put(self.url("n", "properties", "c"), '"three"'))
         self.ok(self.c.put(self.url("n", "__default__", "properties", "d"), 4))
         want = {"a": 1, "b": 2, "c": "three", "d": 4}
         self.assertEqual(self.get_json(self.props("n")), want)
@@ -358,7 +358,7 @@ class ApiRows(NodeTestCase):
     def test_path_segments_are_percent_decoded(self):
         self.ok(self.c.patch(self.props("n", "a%20b"), {"x": 1}))
         self.ok(self.c.put(self.url("n", "a%20b", "properties", "p%20q"), 2))
-        self.ok(self.c.put(self.url("n", q("é/ü"), "properties", q("ключ")), "v"))
+        self.ok(self.c.put(self.url("n", q("é/ü"), "properties", q("ключ")), '"v"'))
         self.assertEqual(self.get_json(self.props("n", "a%20b")), {"x": 1, "p q": 2})
         self.assertEqual(self.get_json(self.url("n", "a%20b", "properties", "p%20q")), 2)
         self.assertEqual(self.get_json(self.url("n", q("é/ü"), "properties")), {"ключ": "v"})

@@ -336,17 +336,17 @@ class NodeProcess(NodeTestCase):
         # Namespace TTL applies; session TTL overrides it both ways.
         ok(c.post(base + "/namespace/short/session?ttlSecond=100", {"sessionId": "keep"}))
         ok(c.post(base + "/namespace/long/session?ttlSecond=2", {"sessionId": "drop"}))
-        ok(c.put(base + "/short/s/properties/p", "gone soon"))
-        ok(c.put(base + "/short/properties/p", "gone soon"))
-        ok(c.put(base + "/short/keep/properties/p", "stays"))
-        ok(c.put(base + "/long/s/properties/p", "stays"))
-        ok(c.put(base + "/long/drop/properties/p", "gone soon"))
+        ok(c.put(base + "/short/s/properties/p", '"gone soon"'))
+        ok(c.put(base + "/short/properties/p", '"gone soon"'))
+        ok(c.put(base + "/short/keep/properties/p", '"stays"'))
+        ok(c.put(base + "/long/s/properties/p", '"stays"'))
+        ok(c.put(base + "/long/drop/properties/p", '"gone soon"'))
         # Changing a TTL affects later writes only.
-        ok(c.put(base + "/long/change/properties/before", "stays"))
+        ok(c.put(base + "/long/change/properties/before", '"stays"'))
         ok(c.post(base + "?ttlSecond=2", {"name": "long"}))
-        ok(c.put(base + "/long/change/properties/after", "gone soon"))
+        ok(c.put(base + "/long/change/properties/after", '"gone soon"'))
         ok(c.post(base + "?ttlSecond=100", {"name": "short"}))
-        ok(c.put(base + "/short/s/properties/later", "stays"))
+        ok(c.put(base + "/short/s/properties/later", '"stays"'))
         ok(c.post(base + "?ttlSecond=100", {"name": "long"}))
         self.assertEqual(c.get(base + "/short/s/properties/p").body, b'"gone soon"')
         self.assertEqual(c.get(base + "/long/drop/properties").json(), {"p": "gone soon"})
@@ -376,7 +376,7 @@ class NodeProcess(NodeTestCase):
         self.assertEqual(w.status, 204)
         write_index = int(w.headers["x-context-index"])
         self.assertEqual(c.post(base + "?ttlSecond=0", {"name": "t"}).status, 204)
-        self.assertEqual(c.put(base + "/t/s2/properties/keep", "kept").status, 204)
+        self.assertEqual(c.put(base + "/t/s2/properties/keep", '"kept"').status, 204)
         time.sleep(2.0)
         # The leader proposed a purge entry by itself: the applied index moved.
         r = c.get(base + "/t/s/properties")
@@ -389,7 +389,7 @@ class NodeProcess(NodeTestCase):
         with open(path, "wb") as f:
             f.write(backup.body)
         self.assertEqual(rows_containing(path, marker), 0, "expired rows still in the database")
-        self.assertEqual(rows_containing(path, "kept") > 0, True)
+        self.assertEqual(rows_containing(path, '"kept"') > 0, True)
         for graceful in (True, False):
             n.restart(graceful=graceful)
             c = self.client(n, key)
@@ -407,15 +407,15 @@ class NodeProcess(NodeTestCase):
         other = self.account(n, "other")
         c = self.client(n, key)
         url = "/v1/account/acme/ns/s/properties/p"
-        a = c.put(url, "first", headers={"X-REQUEST-ID": "req-1"})
+        a = c.put(url, '"first"', headers={"X-REQUEST-ID": "req-1"})
         self.assertEqual(a.status, 204)
-        b = c.put(url, "second", headers={"X-REQUEST-ID": "req-1"})
+        b = c.put(url, '"second"', headers={"X-REQUEST-ID": "req-1"})
         self.assertEqual(b.status, 204)
         self.assertEqual(b.headers.get("x-context-index"), a.headers.get("x-context-index"))
         self.assertEqual(c.get(url).body, b'"first"')
         # A PATCH retried on a new connection, also after other writes.
         p1 = c.patch("/v1/account/acme/ns/s/properties", {"q": 1}, headers={"X-REQUEST-ID": "r2"})
-        self.assertEqual(c.put(url, "third").status, 204)
+        self.assertEqual(c.put(url, '"third"').status, 204)
         c2 = self.client(n, key)
         p2 = c2.patch("/v1/account/acme/ns/s/properties", {"q": 2, "p": "x"},
                       headers={"x-request-id": "r2"})
@@ -423,17 +423,17 @@ class NodeProcess(NodeTestCase):
                          (p1.status, p1.headers.get("x-context-index")))
         self.assertEqual(c.get("/v1/account/acme/ns/s/properties").json(), {"p": "third", "q": 1})
         # A different id is a different write; the same id in another account too.
-        self.assertEqual(c.put(url, "fourth", headers={"X-REQUEST-ID": "req-2"}).status, 204)
+        self.assertEqual(c.put(url, '"fourth"', headers={"X-REQUEST-ID": "req-2"}).status, 204)
         self.assertEqual(c.get(url).body, b'"fourth"')
         o = self.client(n, other)
-        r = o.put("/v1/account/other/ns/s/properties/p", "mine", headers={"X-REQUEST-ID": "req-1"})
+        r = o.put("/v1/account/other/ns/s/properties/p", '"mine"', headers={"X-REQUEST-ID": "req-1"})
         self.assertEqual(r.status, 204)
         self.assertNotEqual(r.headers.get("x-context-index"), a.headers.get("x-context-index"))
         self.assertEqual(o.get("/v1/account/other/ns/s/properties/p").body, b'"mine"')
         # The dedup record survives a restart (it is in the replicated state).
         n.restart()
         c3 = self.client(n, key)
-        r = c3.put(url, "fifth", headers={"X-REQUEST-ID": "req-1"})
+        r = c3.put(url, '"fifth"', headers={"X-REQUEST-ID": "req-1"})
         self.assertEqual((r.status, r.headers.get("x-context-index")),
                          (204, a.headers.get("x-context-index")))
         self.assertEqual(c3.get(url).body, b'"fourth"')
