@@ -422,7 +422,7 @@ int api_percent_decode(const char *src, size_t n, struct buf *out)
     }
     out->base[out->len] = '\0';
     if (!json_utf8_valid(out->base + start, out->len - start)) {
-        return -1;
+        return -2;
     }
     return 0;
 }
@@ -518,6 +518,7 @@ static int route_match(struct http_request *req, struct route *r)
     const char *p = url;
     const char *end = url + path_len;
     unsigned base; /* first segment after /v1/account */
+    int rv;
 
     memset(r, 0, sizeof *r);
     r->id = R_NONE;
@@ -540,8 +541,9 @@ static int route_match(struct http_request *req, struct route *r)
         if (r->n_seg == API_MAX_SEGMENTS || stop == p) {
             return 0; /* too deep, or an empty segment: no route */
         }
-        if (api_percent_decode(p, (size_t)(stop - p), &r->seg[r->n_seg]) != 0) {
-            return AE_UTF8;
+        rv = api_percent_decode(p, (size_t)(stop - p), &r->seg[r->n_seg]);
+        if (rv != 0) {
+            return rv == -2 ? AE_UTF8 : AE_BAD_NAME;
         }
         r->n_seg++;
         p = stop + 1;
@@ -748,9 +750,10 @@ static int write_headers(struct http_request *req, struct cmd *cmd)
             v++;
             n -= 2;
         }
-        if (api_parse_uint(v, n, UINT64_MAX, &version) != 0 || version == 0) {
+        if (api_parse_uint(v, n, UINT64_MAX, &version) != 0) {
             return AE_BAD_REQUEST;
         }
+        cmd->has_if_match = 1;
         cmd->if_match = version;
     }
     if (rid != NULL) {
@@ -940,6 +943,7 @@ static int handle_write(struct api *a, struct http_request *req,
                 break;
             }
             cmd.op = CMD_NS_PUT;
+            cmd.has_if_match = 0;
             cmd.if_match = 0;
             propose(a, req, &cmd, 204, NULL, 0);
             break;
@@ -948,6 +952,7 @@ static int handle_write(struct api *a, struct http_request *req,
                 break;
             }
             cmd.op = CMD_NS_DELETE;
+            cmd.has_if_match = 0;
             cmd.if_match = 0;
             propose(a, req, &cmd, 204, NULL, 0);
             break;
@@ -968,6 +973,7 @@ static int handle_write(struct api *a, struct http_request *req,
             cmd.sid.base = name.base;
             cmd.sid.len = (uint32_t)name.len;
             cmd.op = CMD_SESSION_TTL;
+            cmd.has_if_match = 0;
             cmd.if_match = 0;
             propose(a, req, &cmd, 204, NULL, 0);
             break;

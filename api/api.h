@@ -56,8 +56,8 @@ int api_reserved_namespace(const char *s, size_t n);
 int api_valid_session(const char *s, size_t n);
 int api_valid_property(const char *s, size_t n);
 
-/* Percent-decode src[0..n) into out (NUL-terminated). Returns 0, or -1 on
- * a bad escape, invalid UTF-8, a NUL or another control byte. */
+/* Percent-decode src[0..n), appending to out (NUL-terminated). Returns 0,
+ * -1 on a bad escape, a NUL or another control byte, -2 on invalid UTF-8. */
 int api_percent_decode(const char *src, size_t n, struct buf *out);
 
 /* Parse a non-negative decimal integer no larger than max. 0 or -1. */

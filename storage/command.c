@@ -178,7 +178,8 @@ int cmd_encode(const struct cmd *cmd, struct buf *out)
 {
     size_t mark = out->len;
 
-    if (buf_put_u8(out, cmd->op) != 0 || buf_put_u8(out, 0) != 0 ||
+    if (buf_put_u8(out, cmd->op) != 0 ||
+        buf_put_u8(out, cmd->has_if_match ? CMD_FLAG_IF_MATCH : 0) != 0 ||
         buf_put_u64(out, cmd->if_match) != 0 ||
         buf_put_u64(out, (uint64_t)cmd->ttl) != 0 ||
         put_bytes(out, cmd->request_id) != 0 ||
@@ -248,12 +249,17 @@ int cmd_decode(const void *p, size_t len, struct cmd *cmd)
     if (p == NULL && len > 0) {
         return -1;
     }
-    if (rd_u8(&r, &cmd->op) != 0 || rd_u8(&r, &flags) != 0 || flags != 0 ||
+    if (rd_u8(&r, &cmd->op) != 0 || rd_u8(&r, &flags) != 0 ||
+        (flags & ~CMD_FLAG_IF_MATCH) != 0 ||
         rd_u64(&r, &cmd->if_match) != 0 || rd_u64(&r, &ttl) != 0 ||
         rd_field(&r, &cmd->request_id) != 0) {
         goto err;
     }
     cmd->ttl = (int64_t)ttl;
+    cmd->has_if_match = (flags & CMD_FLAG_IF_MATCH) != 0;
+    if (!cmd->has_if_match && cmd->if_match != 0) {
+        goto err; /* not canonical: a version without the flag */
+    }
     if (decode_fields(&r, cmd) != 0 || r.left != 0) {
         goto err;
     }

@@ -5,7 +5,7 @@
  *
  *   entry   := magic:u8 'C' | version:u8 (1) | reserved:u16 (0)
  *              | time_ms:u64 | count:u32 | count × (len:u32 | command[len])
- *   command := op:u8 | flags:u8 (0) | if_match:u64 | ttl:i64
+ *   command := op:u8 | flags:u8 | if_match:u64 | ttl:i64
  *              | request_id:field | op-specific fields
  *   field   := len:u32 | bytes[len]
  *
@@ -22,8 +22,9 @@
  *   PURGE          (none; deletes what expired at or before the entry time)
  *   NODE_INFO      node_id:u64, http_addr, region
  *
- * if_match is 0 when the write is unconditional, else the session version
- * (ETag) the write requires. ttl is -1 when the op takes none. request_id is
+ * flags: bit 0 (CMD_FLAG_IF_MATCH) set when the write is conditional on the
+ * session version being if_match (0 = the session must not exist); other
+ * bits must be 0. if_match is 0 when the flag is clear. ttl is -1 when the op takes none. request_id is
  * empty when the client sent no X-REQUEST-ID.
  *
  * Decoding never trusts a length: every field is bounds-checked against the
@@ -41,6 +42,7 @@
 #define CMD_ENTRY_MAGIC 'C'
 #define CMD_ENTRY_VERSION 1
 #define CMD_ENTRY_HEADER_LEN 16 /* magic, version, reserved, time_ms */
+#define CMD_FLAG_IF_MATCH 0x01 /* flags bit: if_match is meaningful */
 #define CMD_MAX_FIELD_LEN (16u * 1024 * 1024) /* bytes; larger is corrupt */
 
 enum cmd_op {
@@ -68,7 +70,8 @@ struct cmd_bytes
 struct cmd
 {
     uint8_t op;                  /* enum cmd_op */
-    uint64_t if_match;           /* 0: unconditional */
+    uint8_t has_if_match;        /* 1: conditional on if_match */
+    uint64_t if_match;           /* required session version (0: absent) */
     int64_t ttl;                 /* seconds; -1: none */
     struct cmd_bytes request_id; /* empty: none */
     struct cmd_bytes acc;        /* account id */

@@ -661,7 +661,7 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
     if (rc != 0) {
         return rc;
     }
-    if (c->if_match != 0 && c->if_match != version) {
+    if (c->has_if_match && c->if_match != version) {
         return STORAGE_EPRECONDITION;
     }
     rc = ns_create(s, a, c);
@@ -725,7 +725,7 @@ static int op_remove(struct storage *s, const struct apply_ctx *a,
     if (rc != 0) {
         return rc;
     }
-    if (c->if_match != 0 && c->if_match != version) {
+    if (c->has_if_match && c->if_match != version) {
         return STORAGE_EPRECONDITION;
     }
     st = s->st[name != NULL ? ST_PROP_DEL : ST_PROP_CLEAR];

@@ -197,10 +197,11 @@ static void nul_or_bad_utf8_in_a_segment_is_400(void **state)
     assert_int_equal(call(*state, "GET", "/v1/account/acc1/ns1/a%00b/properties",
                           auth1, NULL, body, sizeof body, NULL, 0),
                      400);
-    assert_non_null(strstr(body, "\"invalid_utf8\""));
+    assert_non_null(strstr(body, "\"bad_name\""));
     assert_int_equal(call(*state, "GET", "/v1/account/acc1/ns1/%ff/properties",
-                          auth1, NULL, NULL, 0, NULL, 0),
+                          auth1, NULL, body, sizeof body, NULL, 0),
                      400);
+    assert_non_null(strstr(body, "\"invalid_utf8\""));
 }
 
 /******************************************************************************
@@ -424,6 +425,8 @@ static void percent_decoding_rejects_bad_escapes(void **state)
     assert_int_equal(api_percent_decode("a%zz", 4, &out), -1);
     buf_reset(&out);
     assert_int_equal(api_percent_decode("%0a", 3, &out), -1);
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("%c3", 3, &out), -2);
     buf_free(&out);
 }
 

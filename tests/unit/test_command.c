@@ -41,6 +41,7 @@ static void assert_bytes_equal(struct cmd_bytes a, struct cmd_bytes b)
 static void assert_cmd_equal(const struct cmd *a, const struct cmd *b)
 {
     assert_int_equal(a->op, b->op);
+    assert_int_equal(a->has_if_match, b->has_if_match);
     assert_int_equal(a->if_match, b->if_match);
     assert_int_equal(a->ttl, b->ttl);
     assert_bytes_equal(a->request_id, b->request_id);
@@ -78,7 +79,7 @@ static size_t sample_cmds(struct cmd *c)
     c[n] = (struct cmd){.op = CMD_NS_DELETE, .ttl = -1, .acc = BYTES("acc"),
                         .ns = BYTES("ns")};
     n++;
-    c[n] = (struct cmd){.op = CMD_PATCH, .ttl = -1, .if_match = 7,
+    c[n] = (struct cmd){.op = CMD_PATCH, .ttl = -1, .has_if_match = 1, .if_match = 7,
                         .acc = BYTES("acc"), .ns = BYTES("ns"),
                         .sid = BYTES("s1"), .n_props = 2,
                         .props = {patch_pairs.base, (uint32_t)patch_pairs.len}};
@@ -88,7 +89,7 @@ static size_t sample_cmds(struct cmd *c)
                         .name = BYTES("p"), .value = BYTES("{\"k\":[1,2]}")};
     n++;
     c[n] = (struct cmd){.op = CMD_PROP_DELETE, .ttl = -1,
-                        .if_match = UINT64_MAX, .acc = BYTES("acc"),
+                        .has_if_match = 1, .if_match = UINT64_MAX, .acc = BYTES("acc"),
                         .ns = BYTES("ns"), .sid = BYTES("s"),
                         .name = BYTES("p")};
     n++;
@@ -254,7 +255,7 @@ static void an_unknown_op_is_rejected(void **state)
     buf_free(&b);
 }
 
-static void nonzero_flags_are_rejected(void **state)
+static void unknown_flags_are_rejected(void **state)
 {
     struct cmd c[10];
     struct buf b = BUF_INIT;
@@ -264,7 +265,25 @@ static void nonzero_flags_are_rejected(void **state)
     (void)state;
     sample_cmds(c);
     assert_int_equal(cmd_encode(&c[8], &b), 0);
-    b.base[1] = 1;
+    b.base[1] = 2;
+    assert_int_equal(decode_copy(b.base, b.len, &d, &copy), -1);
+    free(copy);
+    buf_free(&b);
+}
+
+static void a_version_without_the_if_match_flag_is_rejected(void **state)
+{
+    struct cmd c[10];
+    struct buf b = BUF_INIT;
+    struct cmd d;
+    char *copy;
+
+    (void)state;
+    sample_cmds(c);
+    c[8].has_if_match = 0;
+    c[8].if_match = 0;
+    assert_int_equal(cmd_encode(&c[8], &b), 0);
+    b.base[2] = 5; /* if_match low byte, flag still clear */
     assert_int_equal(decode_copy(b.base, b.len, &d, &copy), -1);
     free(copy);
     buf_free(&b);
@@ -521,7 +540,8 @@ int main(void)
         cmocka_unit_test(trailing_bytes_after_a_command_are_rejected),
         cmocka_unit_test(a_huge_field_length_is_rejected),
         cmocka_unit_test(an_unknown_op_is_rejected),
-        cmocka_unit_test(nonzero_flags_are_rejected),
+        cmocka_unit_test(unknown_flags_are_rejected),
+        cmocka_unit_test(a_version_without_the_if_match_flag_is_rejected),
         cmocka_unit_test(a_key_hash_that_is_not_32_bytes_is_rejected),
         cmocka_unit_test(a_patch_whose_count_disagrees_with_its_pairs_is_rejected),
         cmocka_unit_test(a_field_longer_than_the_limit_is_not_encoded),

@@ -110,6 +110,13 @@ static void answer(struct fixture *f, struct http_request *req)
     n = snprintf(body, sizeof body, "{\"url\":\"%s\",\"len\":%zu}", req->url,
                  req->body_len);
     f->outstanding--;
+    if (strncmp(req->url, "/big", 4) == 0) {
+        static char big[1 << 20];
+        memset(big, 'x', sizeof big);
+        http_respond(req, 200, "Content-Type: text/plain\r\n", big,
+                     sizeof big);
+        return;
+    }
     if (strncmp(req->url, "/nocontent", 10) == 0) {
         http_respond(req, 204, NULL, NULL, 0);
         return;
@@ -737,6 +744,54 @@ static void bad_request_lines_and_chunks_are_refused_with_400(void **state)
     }
 }
 
+static void client_never_reads(struct fixture *f)
+{
+    struct client c;
+    static char reqs[200 * 40];
+    size_t n = 0;
+    size_t got = 0;
+    int rcvbuf = 4096;
+    int i;
+
+    c.fd = -1;
+    for (i = 0; i < 200; i++) {
+        n += (size_t)snprintf(reqs + n, sizeof reqs - n,
+                              "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    if (client_open(&c, f->port) != 0) {
+        return;
+    }
+    setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    client_send(&c, reqs, n);
+    /* Read nothing for longer than the idle timeout: the server must stop
+     * reading requests, then give up on the stalled connection. */
+    usleep(800 * 1000);
+    for (;;) {
+        char b[65536];
+        ssize_t k = recv(c.fd, b, sizeof b, 0);
+        if (k <= 0) {
+            f->eof[0] = k == 0 || errno == ECONNRESET;
+            break;
+        }
+        got += (size_t)k;
+    }
+    f->elapsed_ms[0] = (double)got;
+    client_close(&c);
+}
+
+static void a_client_that_never_reads_is_bounded_then_closed(void **state)
+{
+    struct fixture *f = *state;
+
+    f->limits.max_write_bytes = 1;
+    f->limits.idle_timeout_ms = 300;
+    run(f, client_never_reads);
+    assert_true(f->handled < 50);
+    assert_int_equal(f->eof[0], 1);
+    /* Far less than the 200 MiB the requests asked for. */
+    assert_true(f->elapsed_ms[0] < 60.0 * (1 << 20));
+}
+
 /******************************************************************************
  * Timeouts and the connection cap
  *****************************************************************************/
@@ -1069,6 +1124,7 @@ int main(void)
         T(a_20_kb_header_is_refused_with_431),
         T(a_malformed_request_is_refused_with_400_in_order),
         T(bad_request_lines_and_chunks_are_refused_with_400),
+        T(a_client_that_never_reads_is_bounded_then_closed),
         T(a_stalled_half_request_times_out),
         T(an_idle_keep_alive_connection_is_closed),
         T(connections_over_the_cap_are_closed_at_once),

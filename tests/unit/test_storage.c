@@ -609,12 +609,25 @@ static void if_match_applies_when_the_version_is_current(void **state)
     uint64_t v;
 
     apply1(s, 4, T0, mk_put("a", "n", "s", "p", "1"));
+    c.has_if_match = 1;
     c.if_match = 4;
     assert_int_equal(apply1_status(s, 5, T0, c), STORAGE_OK);
     assert_int_equal(props(s, "a", "n", "s", T0, &out, &v), 0);
     assert_string_equal(out.base, "{\"p\":2}");
     assert_int_equal(v, 5);
     buf_free(&out);
+}
+
+static void if_match_zero_means_the_session_must_not_exist(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk_put("a", "n", "s", "p", "1");
+
+    c.has_if_match = 1;
+    c.if_match = 0;
+    assert_int_equal(apply1_status(s, 4, T0, c), STORAGE_OK);
+    assert_int_equal(apply1_status(s, 5, T0, c), STORAGE_EPRECONDITION);
+    assert_props(s, "a", "n", "s", T0, "{\"p\":1}");
 }
 
 static void if_match_with_a_stale_version_fails_and_changes_nothing(void **state)
@@ -632,6 +645,7 @@ static void if_match_with_a_stale_version_fails_and_changes_nothing(void **state
     apply1(s, 4, T0, mk_put("a", "n", "s", "p", "1"));
     ops[1].name = B("p");
     for (i = 0; i < 4; i++) {
+        ops[i].has_if_match = 1;
         ops[i].if_match = 3;
         before = rows_of(s);
         r = apply1(s, 10 + i, T0, ops[i]);
@@ -1186,6 +1200,7 @@ int main(void)
         T(entry_time_never_goes_backwards),
         T(if_match_applies_when_the_version_is_current),
         T(if_match_with_a_stale_version_fails_and_changes_nothing),
+        T(if_match_zero_means_the_session_must_not_exist),
         T(a_document_over_the_limit_is_refused_and_changes_nothing),
         T(expired_properties_do_not_count_toward_the_document),
         T(a_repeated_request_id_returns_the_first_outcome),
