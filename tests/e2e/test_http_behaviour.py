@@ -110,8 +110,9 @@ class HttpBehaviour(NodeTestCase):
         for i in range(n):
             self.assertEqual(rs[i].status, 204, "%r" % (rs[i],))
             idx.append(int(rs[i].headers["x-context-index"]))
+        # Writes queued in one loop turn share one Raft entry (consensus.h),
+        # so pipelined writes may share an index; it never goes backwards.
         self.assertEqual(idx, sorted(idx))
-        self.assertEqual(len(set(idx)), n)
         for i in range(n):
             r = rs[n + i]
             self.assertEqual((r.status, r.json()), (200, {"i": i}))
