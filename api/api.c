@@ -39,9 +39,12 @@
 #define CONTAINER_OF(ptr, type, field) \
     ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
 
-/* Gate flags carried in req->data between the passes of a read. */
+/* req->data carries, between the passes of a read, the gate flags (low
+ * byte) and the matched route (next byte, for the request log line). */
 #define GATE_MIN_INDEX 1u /* X-Context-Min-Index satisfied */
 #define GATE_BARRIER 2u   /* a barrier issued after arrival has completed */
+#define GATE_MASK 0xffu
+#define ROUTE_SHIFT 8
 
 /* The one table from failure to HTTP answer. */
 #define API_ERRORS(X)                                                         \
@@ -123,6 +126,21 @@ static const char *const route_allow[] = {
     [R_ADMIN_KEY] = "PUT",
     [R_HEALTHZ] = "GET",
     [R_READYZ] = "GET",
+};
+
+/* Route templates for logs: never the raw path, which holds ids. */
+static const char *const route_template[] = {
+    [R_NONE] = "unknown",
+    [R_ACCOUNT] = "/v1/account/{acc}",
+    [R_NAMESPACE] = "/v1/account/{acc}/{ns}",
+    [R_PROPS] = "/v1/account/{acc}/{ns}[/{sid}]/properties",
+    [R_PROP] = "/v1/account/{acc}/{ns}[/{sid}]/properties/{prop}",
+    [R_SESSION_IDS] = "/v1/account/{acc}/{ns}/session-ids",
+    [R_SESSION_PROPS] = "/v1/account/{acc}/{ns}/session-properties",
+    [R_SESSION_TTL] = "/v1/account/{acc}/namespace/{ns}/session",
+    [R_ADMIN_KEY] = "/admin/v1/accounts/{acc}/key",
+    [R_HEALTHZ] = "/healthz",
+    [R_READYZ] = "/readyz",
 };
 
 /* A request's decoded path and the names the route picked from it. */
@@ -242,12 +260,42 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void log_request(struct api *a, struct http_request *req, int status)
+{
+    unsigned route = ((unsigned)(uintptr_t)req->data >> ROUTE_SHIFT) & 0xffu;
+    const struct http_header *rid = http_request_header(req, "x-request-id");
+    char rid_text[80] = "";
+    size_t i;
+
+    if (!log_enabled(LOG_DEBUG)) {
+        return;
+    }
+    if (route >= sizeof route_template / sizeof route_template[0]) {
+        route = R_NONE;
+    }
+    if (rid != NULL) {
+        /* Printable ASCII only, quotes dropped, bounded. */
+        size_t n = 0;
+        for (i = 0; i < rid->value_len && n < sizeof rid_text - 1; i++) {
+            char c = rid->value[i];
+            if (c > 0x20 && c < 0x7f && c != '"' && c != '\\') {
+                rid_text[n++] = c;
+            }
+        }
+        rid_text[n] = '\0';
+    }
+    LOGD("request", " method=%s route=\"%s\" status=%d duration_ms=%llu request_id=\"%s\"",
+         req->method_name, route_template[route], status,
+         (unsigned long long)(uv_now(a->cfg.loop) - req->start_ms), rid_text);
+}
+
 static int respond(struct api *a, struct http_request *req, int status,
                    const char *extra, const char *body, size_t len)
 {
     char headers[512];
     int n;
 
+    log_request(a, req, status);
     n = snprintf(headers, sizeof headers, "%s%s", a->node_header,
                  extra != NULL ? extra : "");
     if (n < 0 || (size_t)n >= sizeof headers) {
@@ -1104,7 +1152,7 @@ static void barrier_cb(struct consensus_read *read, int status)
                       NULL);
         return;
     }
-    redispatch(a, req, (unsigned)(uintptr_t)req->data | GATE_BARRIER);
+    redispatch(a, req, ((unsigned)(uintptr_t)req->data & GATE_MASK) | GATE_BARRIER);
 }
 
 static struct api_op *op_new(struct api *a, struct http_request *req,
@@ -1131,7 +1179,7 @@ enum level { LEVEL_LINEARIZABLE, LEVEL_LEADER, LEVEL_STALE };
 static int read_gate(struct api *a, struct http_request *req,
                      const struct route *r)
 {
-    unsigned gate = (unsigned)(uintptr_t)req->data;
+    unsigned gate = (unsigned)(uintptr_t)req->data & GATE_MASK;
     const struct http_header *h;
     struct buf v = BUF_INIT;
     enum level level = LEVEL_LINEARIZABLE;
@@ -1404,6 +1452,8 @@ static void dispatch(struct api *a, struct http_request *req)
     int rv;
 
     rv = route_match(req, &r);
+    req->data = (void *)(uintptr_t)(((unsigned)(uintptr_t)req->data & GATE_MASK) |
+                                    ((unsigned)r.id << ROUTE_SHIFT));
     if (rv != 0) {
         respond_error(a, req, (enum api_error)rv, "invalid path segment");
         goto out;
@@ -1499,7 +1549,9 @@ static void api_check_cb(uv_check_t *c)
             op->req = NULL;
             op_free(op);
             if (req != NULL) {
-                redispatch(a, req, (unsigned)(uintptr_t)req->data | GATE_MIN_INDEX);
+                redispatch(a, req,
+                           ((unsigned)(uintptr_t)req->data & GATE_MASK) |
+                               GATE_MIN_INDEX);
             }
         }
         op = next;

@@ -314,6 +314,19 @@ static int start(struct node *n)
     n->sigterm.data = n;
     uv_signal_start(&n->sigint, on_signal, SIGINT);
     uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+    LOGD("limits",
+         " max_body_bytes=%llu max_header_bytes=%llu max_connections=%llu "
+         "request_timeout_ms=%llu idle_timeout_ms=%llu max_pending=%llu "
+         "snapshot_threshold=%llu election_timeout_ms=%llu heartbeat_ms=%llu",
+         (unsigned long long)n->cfg.max_body_bytes,
+         (unsigned long long)n->cfg.max_header_bytes,
+         (unsigned long long)n->cfg.max_connections,
+         (unsigned long long)n->cfg.request_timeout_ms,
+         (unsigned long long)n->cfg.idle_timeout_ms,
+         (unsigned long long)n->cfg.max_pending,
+         (unsigned long long)n->cfg.snapshot_threshold,
+         (unsigned long long)n->cfg.election_timeout_ms,
+         (unsigned long long)n->cfg.heartbeat_ms);
     LOGI("ctxd started",
          " id=%llu http=%s raft=%s region=%s data_dir=\"%s\" members=%u",
          (unsigned long long)n->cfg.id, n->cfg.http_addr, n->cfg.raft_addr,
