@@ -360,6 +360,21 @@ class ApiErrors(NodeTestCase):
                   + "".join("X-H%d: %s\r\n" % (i, "b" * 100) for i in range(200)) + "\r\n")
         self.assertStatus(raw3.response(), 431, "headers_too_large")
 
+    def test_headers_over_max_header_bytes_flag_are_431(self):
+        node = harness.Node(args=["--max-header-bytes", "2048"])
+        self.nodes = [self.node, node]
+        self.addCleanup(node.cleanup)
+        node.start()
+        raw = node.raw(timeout=5)
+        self.addCleanup(raw.close)
+        raw.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n" % ("a" * 1000))
+        self.assertEqual(raw.response().status, 200)
+        raw2 = node.raw(timeout=5)
+        self.addCleanup(raw2.close)
+        raw2.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n" % ("a" * 3000))
+        self.assertStatus(raw2.response(), 431, "headers_too_large")
+        node.stop()
+
     def test_malformed_http_is_400(self):
         for req in (b"GARBAGE\r\n\r\n",
                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",

@@ -7,6 +7,7 @@ checked exactly; values are checked byte for byte."""
 import itertools
 import json
 import re
+import time
 
 import harness
 from harness import NodeTestCase, q, raw_members
@@ -423,6 +424,33 @@ class ApiRows(NodeTestCase):
         w = self.ok(self.c.patch(self.props("n", "s"), {"a": 1}))
         r = self.ok(self.c.get(self.props("n", "s")), 200)
         self.assertEqual(r.headers.get("etag"), '"%s"' % w.headers["x-context-index"])
+
+    # -- read extensions (docs/api.md, Extensions) ---------------------------------
+
+    def test_reads_accept_every_consistency_level(self):
+        self.ok(self.c.patch(self.props("n", "s"), {"a": 1}))
+        for level in ("linearizable", "leader", "stale"):
+            r = self.ok(self.c.get(self.props("n", "s") + "?consistency=" + level), 200)
+            self.assertEqual(r.json(), {"a": 1})
+            r = self.ok(self.c.get(self.props("n", "s"),
+                                   headers={"X-Context-Consistency": level}), 200)
+            self.assertEqual(r.json(), {"a": 1})
+
+    def test_read_with_an_applied_min_index_is_served(self):
+        w = self.ok(self.c.patch(self.props("n", "s"), {"a": 1}))
+        r = self.ok(self.c.get(self.props("n", "s"),
+                               headers={"X-Context-Min-Index": w.headers["x-context-index"]}),
+                    200)
+        self.assertEqual(r.json(), {"a": 1})
+        self.assertGreaterEqual(int(r.headers["x-context-index"]),
+                                int(w.headers["x-context-index"]))
+
+    def test_read_with_a_min_index_never_reached_is_504_after_a_bounded_wait(self):
+        self.ok(self.c.patch(self.props("n", "s"), {"a": 1}))
+        t0 = time.monotonic()
+        r = self.c.get(self.props("n", "s"), headers={"X-Context-Min-Index": "999999999"})
+        self.assertStatus(r, 504)
+        self.assertLess(time.monotonic() - t0, 10.0)
 
     # -- values -----------------------------------------------------------------
 

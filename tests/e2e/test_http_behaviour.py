@@ -291,5 +291,49 @@ class HttpBehaviour(NodeTestCase):
             self.assertEqual(r.response().status, 200)
 
 
+class ConnectionLimit(NodeTestCase):
+    nodes = []
+
+    def test_connections_over_max_connections_are_refused_and_others_served(self):
+        node = harness.Node(args=["--max-connections", "4"])
+        self.nodes = [node]
+        self.addCleanup(node.cleanup)
+        node.start()
+        held = []
+        self.addCleanup(lambda: [r.close() for r in held])
+        for _ in range(4):
+            r = node.raw()
+            held.append(r)
+            r.send(request_bytes("GET", "/healthz"))
+            self.assertEqual(r.response().status, 200)
+        extra = node.raw()
+        held.append(extra)
+        try:
+            extra.send(request_bytes("GET", "/healthz"))
+        except OSError:
+            pass
+        self.assertTrue(extra.wait_closed(3.0), "connection over the limit kept open")
+        if extra.buf:
+            self.assertRegex(extra.buf, rb"^HTTP/1\.1 (429|503) ")
+        # The held connections still work, and a freed slot can be reused.
+        for r in held[:4]:
+            r.send(request_bytes("GET", "/healthz"))
+            self.assertEqual(r.response().status, 200)
+        held[0].close()
+        ok = False
+        for _ in range(50):
+            try:
+                c = node.client(timeout=2)
+                ok = c.get("/healthz").status == 200
+                c.close()
+            except OSError:
+                ok = False
+            if ok:
+                break
+            time.sleep(0.05)
+        self.assertTrue(ok, "a freed connection slot was not reusable")
+        node.stop()
+
+
 if __name__ == "__main__":
     harness.main()
