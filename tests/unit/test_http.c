@@ -584,6 +584,32 @@ static void a_chunked_body_is_reassembled(void **state)
     assert_string_equal(f->seen[0].method, "POST");
 }
 
+static void client_expect_continue(struct fixture *f)
+{
+    struct client c;
+
+    if (client_open(&c, f->port) != 0) {
+        return;
+    }
+    client_send_str(&c, "PUT /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                        "Expect: 100-continue\r\n\r\n");
+    client_read_response(&c, &f->resp[0]);
+    client_send_str(&c, "hello");
+    client_read_response(&c, &f->resp[1]);
+    client_close(&c);
+}
+
+static void expect_100_continue_is_answered_before_the_body(void **state)
+{
+    struct fixture *f = *state;
+
+    run(f, client_expect_continue);
+    assert_int_equal(f->resp[0].status, 100);
+    assert_int_equal(f->resp[1].status, 200);
+    assert_string_equal(f->resp[1].body, "{\"url\":\"/e\",\"len\":5}");
+    assert_string_equal(f->seen[0].body, "hello");
+}
+
 static void client_big_length(struct fixture *f)
 {
     struct client c;
@@ -1119,6 +1145,7 @@ int main(void)
         T(pipelined_requests_are_answered_in_order),
         T(reading_pauses_at_the_pipeline_bound),
         T(a_chunked_body_is_reassembled),
+        T(expect_100_continue_is_answered_before_the_body),
         T(a_content_length_over_the_limit_is_refused_with_413),
         T(a_chunked_body_over_the_limit_is_refused_with_413),
         T(a_20_kb_header_is_refused_with_431),
