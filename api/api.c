@@ -112,6 +112,10 @@ enum route_id {
     R_ADMIN_KEY,       /* /admin/v1/accounts/{acc}/key: PUT */
     R_HEALTHZ,         /* /healthz: GET */
     R_READYZ,          /* /readyz: GET */
+    R_ADMIN_DIGEST,    /* /admin/v1/digest: GET */
+    R_ADMIN_BACKUP,    /* /admin/v1/backup: GET */
+    R_METRICS,         /* /metrics: GET */
+    R_COUNT,           /* number of routes */
 };
 
 static const char *const route_allow[] = {
@@ -126,6 +130,9 @@ static const char *const route_allow[] = {
     [R_ADMIN_KEY] = "PUT",
     [R_HEALTHZ] = "GET",
     [R_READYZ] = "GET",
+    [R_ADMIN_DIGEST] = "GET",
+    [R_ADMIN_BACKUP] = "GET",
+    [R_METRICS] = "GET",
 };
 
 /* Route templates for logs: never the raw path, which holds ids. */
@@ -141,6 +148,9 @@ static const char *const route_template[] = {
     [R_ADMIN_KEY] = "/admin/v1/accounts/{acc}/key",
     [R_HEALTHZ] = "/healthz",
     [R_READYZ] = "/readyz",
+    [R_ADMIN_DIGEST] = "/admin/v1/digest",
+    [R_ADMIN_BACKUP] = "/admin/v1/backup",
+    [R_METRICS] = "/metrics",
 };
 
 /* A request's decoded path and the names the route picked from it. */
@@ -608,6 +618,20 @@ static int route_match(struct http_request *req, struct route *r)
         r->id = R_READYZ;
         return 0;
     }
+    if (r->n_seg == 1 && seg_is(r, 0, "metrics")) {
+        r->id = R_METRICS;
+        return 0;
+    }
+    if (r->n_seg == 3 && seg_is(r, 0, "admin") && seg_is(r, 1, "v1") &&
+        seg_is(r, 2, "digest")) {
+        r->id = R_ADMIN_DIGEST;
+        return 0;
+    }
+    if (r->n_seg == 3 && seg_is(r, 0, "admin") && seg_is(r, 1, "v1") &&
+        seg_is(r, 2, "backup")) {
+        r->id = R_ADMIN_BACKUP;
+        return 0;
+    }
     if (r->n_seg == 5 && seg_is(r, 0, "admin") && seg_is(r, 1, "v1") &&
         seg_is(r, 2, "accounts") && seg_is(r, 4, "key")) {
         r->id = R_ADMIN_KEY;
@@ -681,7 +705,10 @@ static int method_allowed(enum route_id id, int method)
         case R_SESSION_IDS:
         case R_SESSION_PROPS:
         case R_HEALTHZ:
-        case R_READYZ: return method == HTTP_GET;
+        case R_READYZ:
+        case R_ADMIN_DIGEST:
+        case R_ADMIN_BACKUP:
+        case R_METRICS: return method == HTTP_GET;
         case R_SESSION_TTL: return method == HTTP_GET || method == HTTP_POST;
         case R_ADMIN_KEY: return method == HTTP_PUT;
         default: return 0;
@@ -1446,6 +1473,125 @@ static void handle_health(struct api *a, struct http_request *req,
     respond(a, req, 200, NULL, ready, sizeof ready - 1);
 }
 
+/* GET /admin/v1/digest: this node's applied index and state hash. */
+static int handle_digest(struct api *a, struct http_request *req)
+{
+    uint8_t digest[SHA256_LEN];
+    char hex[2 * SHA256_LEN + 1];
+    struct buf body = BUF_INIT;
+
+    if (storage_digest(a->cfg.storage, digest) != STORAGE_OK) {
+        return AE_INTERNAL;
+    }
+    hex_encode(digest, sizeof digest, hex);
+    if (buf_printf(&body, "{\"node\":%llu,\"index\":%llu,\"sha256\":\"%s\"}",
+                   (unsigned long long)a->cfg.node_id,
+                   (unsigned long long)storage_applied_index(a->cfg.storage),
+                   hex) != 0) {
+        buf_free(&body);
+        return AE_INTERNAL;
+    }
+    respond(a, req, 200, NULL, body.base, body.len);
+    buf_free(&body);
+    return 0;
+}
+
+/* GET /admin/v1/backup: the whole database as one SQLite file, taken at
+ * one applied index (named in X-Context-Index). The copy is taken on the
+ * loop in one step (sqlite3_serialize of the in-memory database), so it is
+ * consistent by construction. */
+static int handle_backup(struct api *a, struct http_request *req)
+{
+    void *data = NULL;
+    size_t len = 0;
+    char extra[160];
+
+    if (storage_snapshot(a->cfg.storage, &data, &len) != STORAGE_OK) {
+        return AE_INTERNAL;
+    }
+    snprintf(extra, sizeof extra,
+             "Content-Type: application/vnd.sqlite3\r\n"
+             "Content-Disposition: attachment; filename=\"ctxd-backup.db\"\r\n"
+             "X-Context-Index: %llu\r\n",
+             (unsigned long long)storage_applied_index(a->cfg.storage));
+    respond(a, req, 200, extra, data, len);
+    free(data);
+    return 0;
+}
+
+/* GET /metrics: Prometheus text exposition format 0.0.4. */
+static int handle_metrics(struct api *a, struct http_request *req)
+{
+    struct consensus_info info;
+    struct storage_counts counts;
+    struct buf body = BUF_INIT;
+    int rv = 0;
+
+    consensus_info(a->cfg.consensus, &info);
+    if (storage_counts(a->cfg.storage, &counts) != STORAGE_OK) {
+        return AE_INTERNAL;
+    }
+    rv |= buf_printf(&body,
+                     "# HELP ctxd_raft_leader 1 when this node is the leader.\n"
+                     "# TYPE ctxd_raft_leader gauge\n"
+                     "ctxd_raft_leader %d\n"
+                     "# HELP ctxd_raft_leader_id Id of the known leader, 0 when none.\n"
+                     "# TYPE ctxd_raft_leader_id gauge\n"
+                     "ctxd_raft_leader_id %llu\n"
+                     "# HELP ctxd_raft_term Current Raft term.\n"
+                     "# TYPE ctxd_raft_term gauge\n"
+                     "ctxd_raft_term %llu\n"
+                     "# HELP ctxd_raft_commit_index Highest index known committed.\n"
+                     "# TYPE ctxd_raft_commit_index gauge\n"
+                     "ctxd_raft_commit_index %llu\n"
+                     "# HELP ctxd_raft_applied_index Highest index applied to the state.\n"
+                     "# TYPE ctxd_raft_applied_index gauge\n"
+                     "ctxd_raft_applied_index %llu\n"
+                     "# HELP ctxd_raft_last_index Last index in the local log.\n"
+                     "# TYPE ctxd_raft_last_index gauge\n"
+                     "ctxd_raft_last_index %llu\n"
+                     "# HELP ctxd_proposals_pending Proposals queued or in flight.\n"
+                     "# TYPE ctxd_proposals_pending gauge\n"
+                     "ctxd_proposals_pending %u\n",
+                     info.is_leader, (unsigned long long)info.leader_id,
+                     (unsigned long long)info.term,
+                     (unsigned long long)info.commit_index,
+                     (unsigned long long)info.applied_index,
+                     (unsigned long long)info.last_index, info.pending);
+    rv |= buf_printf(&body,
+                     "# HELP ctxd_accounts Accounts with a key.\n"
+                     "# TYPE ctxd_accounts gauge\n"
+                     "ctxd_accounts %llu\n"
+                     "# HELP ctxd_namespaces Namespaces.\n"
+                     "# TYPE ctxd_namespaces gauge\n"
+                     "ctxd_namespaces %llu\n"
+                     "# HELP ctxd_sessions Sessions.\n"
+                     "# TYPE ctxd_sessions gauge\n"
+                     "ctxd_sessions %llu\n"
+                     "# HELP ctxd_properties Stored properties.\n"
+                     "# TYPE ctxd_properties gauge\n"
+                     "ctxd_properties %llu\n"
+                     "# HELP ctxd_purged_properties_total Properties removed by purges.\n"
+                     "# TYPE ctxd_purged_properties_total counter\n"
+                     "ctxd_purged_properties_total %llu\n"
+                     "# HELP ctxd_api_pending Requests waiting for a commit or a read condition.\n"
+                     "# TYPE ctxd_api_pending gauge\n"
+                     "ctxd_api_pending %u\n",
+                     (unsigned long long)counts.accounts,
+                     (unsigned long long)counts.namespaces,
+                     (unsigned long long)counts.sessions,
+                     (unsigned long long)counts.properties,
+                     (unsigned long long)counts.purged, a->pending);
+    if (rv != 0) {
+        buf_free(&body);
+        return AE_INTERNAL;
+    }
+    respond(a, req, 200, "Content-Type: text/plain; version=0.0.4\r\n",
+            body.base, body.len);
+    buf_free(&body);
+    return 0;
+}
+
 static void dispatch(struct api *a, struct http_request *req)
 {
     struct route r;
@@ -1470,12 +1616,24 @@ static void dispatch(struct api *a, struct http_request *req)
         handle_health(a, req, r.id);
         goto out;
     }
+    if (r.id == R_METRICS) {
+        rv = handle_metrics(a, req);
+        goto answer;
+    }
     if (a->closing) {
         respond_error(a, req, AE_SHUTTING_DOWN, NULL);
         goto out;
     }
-    if (r.id == R_ADMIN_KEY) {
-        rv = auth_admin(a, req) ? handle_admin_key(a, req, &r) : AE_UNAUTHORIZED;
+    if (r.id == R_ADMIN_KEY || r.id == R_ADMIN_DIGEST || r.id == R_ADMIN_BACKUP) {
+        if (!auth_admin(a, req)) {
+            rv = AE_UNAUTHORIZED;
+        } else if (r.id == R_ADMIN_KEY) {
+            rv = handle_admin_key(a, req, &r);
+        } else if (r.id == R_ADMIN_DIGEST) {
+            rv = handle_digest(a, req);
+        } else {
+            rv = handle_backup(a, req);
+        }
     } else if (!auth_account(a, req, &r)) {
         rv = AE_UNAUTHORIZED;
     } else if (req->method == HTTP_GET) {
@@ -1483,6 +1641,7 @@ static void dispatch(struct api *a, struct http_request *req)
     } else {
         rv = handle_write(a, req, &r);
     }
+answer:
     if (rv != 0) {
         respond_error(a, req, (enum api_error)rv, NULL);
     }
