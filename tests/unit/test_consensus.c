@@ -267,6 +267,7 @@ static void encode(struct buf *enc, uint8_t op, const char *ns, const char *sid,
     memset(&cmd, 0, sizeof cmd);
     cmd.op = op;
     cmd.ttl = ttl;
+    cmd.has_if_match = if_match != 0;
     cmd.if_match = if_match;
     cmd.acc.base = "acc";
     cmd.acc.len = 3;
@@ -664,6 +665,7 @@ static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
     struct consensus_config cfg;
     struct consensus_info info;
     struct buf enc = BUF_INIT;
+    struct consensus_propose extra = {f, prop_cb, NULL, 0, NULL};
     uint8_t digests[N_NODES][32];
     char errmsg[256];
     char name[16];
@@ -708,11 +710,10 @@ static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
         encode(&enc, CMD_PROP_PUT, "ns1", "s1", name, "\"v\"", -1, 0);
         assert_int_equal(propose(f, i, &enc), CONSENSUS_OK);
     }
-    f->c = cl.nodes[(leader + 1) % N_NODES];
-    assert_int_equal(
-        consensus_propose(f->c, &f->props[6], enc.base, enc.len),
-        CONSENSUS_ENOTLEADER);
     f->c = NULL;
+    assert_int_equal(consensus_propose(cl.nodes[(leader + 1) % N_NODES],
+                                       &extra, enc.base, enc.len),
+                     CONSENSUS_ENOTLEADER);
     buf_free(&enc);
     run_until(f, pred_cluster_caught_up);
 
