@@ -375,6 +375,58 @@ static void proposals_of_one_loop_turn_share_one_entry_with_own_results(
     assert_int_equal(after.pending, 0);
 }
 
+/* Counts callbacks of the many-proposal test; data points at a counter. */
+static void count_cb(struct consensus_propose *req, int status,
+                     const struct storage_result *result)
+{
+    unsigned *n = req->data;
+
+    assert_int_equal(status, CONSENSUS_OK);
+    assert_int_equal(result->status, STORAGE_OK);
+    (*n)++;
+}
+
+static int many_done;     /* callbacks expected by pred_many_done */
+static unsigned many_cbs; /* callbacks seen */
+
+static int pred_many_done(struct fixture *f)
+{
+    (void)f;
+    return many_cbs == (unsigned)many_done;
+}
+
+static void a_full_batch_spills_into_another_entry_in_the_same_turn(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+    struct consensus_propose *reqs;
+    struct buf enc = BUF_INIT;
+    const int n = 4096 + 3; /* one full entry and a bit */
+    int i;
+
+    start_leader(f);
+    reqs = calloc((size_t)n, sizeof *reqs);
+    assert_non_null(reqs);
+    consensus_info(f->c, &before);
+    encode(&enc, CMD_NS_PUT, "ns1", NULL, NULL, NULL, -1, 0);
+    many_done = n;
+    many_cbs = 0;
+    for (i = 0; i < n; i++) {
+        reqs[i].data = &many_cbs;
+        reqs[i].cb = count_cb;
+        assert_int_equal(consensus_propose(f->c, &reqs[i], enc.base, enc.len),
+                         CONSENSUS_OK);
+    }
+    buf_free(&enc);
+    run_until(f, pred_many_done);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 2);
+    assert_int_equal(after.pending, 0);
+    free(reqs);
+}
+
 static void a_malformed_command_fails_alone_while_its_entry_applies(
     void **state)
 {
@@ -838,6 +890,9 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             proposals_of_one_loop_turn_share_one_entry_with_own_results, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            a_full_batch_spills_into_another_entry_in_the_same_turn, setup,
             teardown),
         cmocka_unit_test_setup_teardown(
             a_malformed_command_fails_alone_while_its_entry_applies, setup,
