@@ -29,7 +29,10 @@
     X(CONSENSUS_ESHUTDOWN, 4, "node is shutting down")             \
     X(CONSENSUS_ENOMEM, 5, "out of memory")                        \
     X(CONSENSUS_EIO, 6, "raft I/O error")                          \
-    X(CONSENSUS_EINVAL, 7, "invalid argument")
+    X(CONSENSUS_EINVAL, 7, "invalid argument")                    \
+    X(CONSENSUS_ENOTFOUND, 8, "no such server")                    \
+    X(CONSENSUS_EEXIST, 9, "server id or address already in use")  \
+    X(CONSENSUS_ECHANGING, 10, "a membership change is in progress")
 
 enum consensus_status {
 #define CONSENSUS_ENUM(name, code, text) name = code,
@@ -64,6 +67,8 @@ struct consensus_config
     unsigned max_pending;         /* queued + in-flight proposals; over it
                                      consensus_propose returns EBUSY */
     unsigned purge_interval_ms;   /* leader's expiry check period, default 1000 */
+    int join;                     /* 1: never bootstrap; wait to be added by
+                                     the leader (--join) */
 };
 
 /* Create the raft instance, bootstrap it on first start (data dir empty),
@@ -119,6 +124,63 @@ struct consensus_read
  * this call. Leader only: returns ENOTLEADER on a follower. */
 int consensus_barrier(struct consensus *c, struct consensus_read *req);
 
+/* --- Membership (leader only: ENOTLEADER on a follower) ------------- */
+
+struct consensus_change;
+typedef void (*consensus_change_cb)(struct consensus_change *req, int status);
+
+/* Caller-allocated; must stay alive until cb. */
+struct consensus_change
+{
+    void *data;
+    consensus_change_cb cb; /* fires exactly once if the call returned 0 */
+    /* private */
+    struct consensus *c;
+    uint64_t id;            /* server being changed */
+    int step;               /* add: 0 adding, 1 catching up, 2 promoting */
+    void *raft_req;         /* the libraft request in flight (owned) */
+};
+
+/* Add server id at raft_addr as a non-voter, let it catch up, then promote
+ * it to voter. cb(0) once it votes; EEXIST when the id or address is taken,
+ * ECHANGING while another change is in progress, ELEADERSHIP if leadership
+ * is lost midway (the server may then be in the configuration as a
+ * non-voter: adding it again completes the promotion). */
+int consensus_add_server(struct consensus *c, struct consensus_change *req,
+                         uint64_t id, const char *raft_addr);
+
+/* Remove server id from the configuration. ENOTFOUND when absent. */
+int consensus_remove_server(struct consensus *c, struct consensus_change *req,
+                            uint64_t id);
+
+/* Hand leadership to server id (0: the most up-to-date voter). cb(0) once
+ * the transfer completed. */
+int consensus_transfer(struct consensus *c, struct consensus_change *req,
+                       uint64_t id);
+
+enum consensus_role {
+    CONSENSUS_VOTER = 0,
+    CONSENSUS_STANDBY = 1, /* replicates, does not vote */
+    CONSENSUS_SPARE = 2,   /* in the configuration, receives nothing */
+};
+
+struct consensus_server
+{
+    uint64_t id;          /* raft id */
+    char raft_addr[128];  /* host:port */
+    int role;             /* enum consensus_role */
+    int reachable;        /* leader's view: 1 heard from within the last
+                             election timeout, 0 not; -1 on a follower
+                             (unknown), except 1 for itself and the leader
+                             it currently follows */
+    uint64_t match_index; /* leader's view of its log, 0 on a follower */
+};
+
+/* Copy the current configuration (the last one in the log, committed or
+ * not) into out, up to cap servers; *n is the number of servers. */
+int consensus_servers(struct consensus *c, struct consensus_server *out,
+                      unsigned cap, unsigned *n);
+
 /* --- Observing ------------------------------------------------------ */
 
 struct consensus_info
@@ -131,6 +193,16 @@ struct consensus_info
     uint64_t applied_index;
     uint64_t last_index;
     unsigned pending;        /* proposals queued or in flight */
+    const char *role;        /* "leader", "follower", "candidate",
+                                "unavailable" */
+    uint64_t elections;      /* elections this node started */
+    uint64_t leader_changes; /* leader changes this node has seen */
+    uint64_t snapshots_taken;     /* snapshots this node took */
+    uint64_t snapshots_installed; /* snapshots this node restored from */
+    uint64_t barriers;       /* read barriers issued */
+    uint64_t barrier_reads;  /* reads served by those barriers */
+    uint64_t entries;        /* entries proposed (raft_apply calls) */
+    uint64_t commands;       /* commands in those entries */
 };
 
 void consensus_info(struct consensus *c, struct consensus_info *info);
