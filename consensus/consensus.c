@@ -19,29 +19,16 @@
  * and leaves it to us on failure, it never frees it on error paths since
  * logDiscard does not destroy entries).
  *
- * Padding. raft_uv writes entry payloads in units of 8 bytes and requires
- * len % 8 == 0 (an assert in uvSegmentBufferAppend that release builds
- * drop; a shorter payload writes a segment that no longer loads). So the
- * raft buffer is the entry followed by up to 7 zero bytes, and apply strips
- * them (consensus_entry_unpad) before storage, whose decoder rejects
- * trailing bytes, sees the entry.
+ * The state machine (consensus/fsm.c) applies entries to storage; entries
+ * are padded to 8 bytes for raft_uv, and each entry's results stay in the
+ * FSM until the leader's raft_apply callback, which libraft runs right after
+ * the apply of its entry, hands each proposer its own result.
  *
- * Results. libraft 0.15 does not pass the entry index to fsm->apply, but
- * replicationApply() sets last_applied only after the apply returns, so the
- * entry being applied is raft_last_applied() + 1. The apply `result` pointer
- * reaches only a local raft_apply request (on followers nobody takes it and
- * it would leak), so the results of the last applied entry are kept in
- * struct consensus (results, results_n, results_index). applyCommand() calls
- * the request's callback synchronously right after the fsm apply of the same
- * entry, so when the callback sees results_index equal to its request's
- * index, the array holds that entry's outcomes.
- *
- * A bad entry (storage ECORRUPT: header does not parse) is logged and treated
- * as applied with every command failed: storage leaves the state untouched on
- * every replica alike, and a non-zero fsm return would wedge libraft. A
- * resource failure (ENOMEM, EINTERNAL) is returned to libraft instead: the
- * entry is not marked applied and is applied again on the next commit
- * advance or restart, so replicas never diverge.
+ * Leadership lost with entries in flight: libraft fails every pending
+ * raft_apply once with LEADERSHIPLOST, which proposers see as ELEADERSHIP
+ * (the entry may still commit under the next leader: outcome unknown).
+ * Batches still queued at the check of a node that is no longer leader
+ * never reach the log and fail with ENOTLEADER.
  *
  * Reads. consensus_barrier queues a read. At the check, when no barrier is
  * in flight and reads are waiting, all waiting reads move to the in-flight
@@ -53,10 +40,33 @@
  * storage's earliest expiry has passed; then it proposes one PURGE command
  * through the same batching path (at most one in flight).
  *
- * Membership. On first start the node bootstraps the configured members (all
- * voters) or, with none, itself alone. A node that is not among the
- * configured members does not bootstrap: it waits to be added by the leader.
+ * Bootstrap. On first start the node bootstraps the configured members (all
+ * voters) or, with none, itself alone. A node started with join = 1, or not
+ * among the configured members, never bootstraps: it starts with an empty
+ * log and waits for a leader to add it and send it entries or a snapshot.
  * RAFT_CANTBOOTSTRAP means state already exists and is not an error.
+ *
+ * Membership changes (one at a time, leader only; struct consensus_change):
+ *
+ *   add:  raft_add (SPARE) ──cb──▶ [next check] raft_assign(VOTER) ──cb──▶ cb(0)
+ *         step 0                   step 1: catch-up rounds, step 2: promoting
+ *         a server already present as a non-voter skips raft_add.
+ *   remove: raft_remove ──cb──▶ cb.   transfer: raft_transfer ──cb──▶ cb.
+ *
+ * In libraft 0.15 raft_assign(VOTER) of a server whose log lags runs the
+ * catch-up itself (leader_state.promotee_id: rounds of AppendEntries, then
+ * the configuration entry with the server as voter; it aborts with
+ * NOCONNECTION when the server does not keep up), so no timer is needed
+ * here. The assign is issued from the check after the add callback rather
+ * than inside it, which runs in the middle of libraft's apply loop. Losing
+ * leadership fails the pending libraft change with LEADERSHIPLOST
+ * (ELEADERSHIP). The transfer callback carries no status: it succeeded when
+ * the target is now the known leader.
+ *
+ * Reachability (consensus_servers): the leader's progress array has a
+ * recent_recv flag per server, which libraft clears at every election
+ * timeout; each poll records when the flag was last seen set, and a server
+ * is reachable when that was within the last election timeout.
  *
  * Shutdown. consensus_close fails queued proposals and reads with ESHUTDOWN,
  * then raft_close fails the in-flight ones synchronously (libraft reports
@@ -66,6 +76,7 @@
  *
  * Invariants:
  *   - pending == proposals in queued batches + proposals in in-flight batches.
+ *   - change is the one membership request not yet completed, or NULL.
  *   - a proposal's or read's callback fires exactly once, after which the
  *     object no longer references it.
  *   - only the last batch of the queued list is open for new commands. */
@@ -84,6 +95,7 @@
 #include "../lib/buf.h"
 #include "../lib/log.h"
 #include "../storage/command.h"
+#include "fsm.h"
 
 #define CONSENSUS_DEFAULT_ELECTION_MS 1000  /* ms */
 #define CONSENSUS_DEFAULT_HEARTBEAT_MS 100  /* ms */
@@ -94,9 +106,16 @@
 #define CONSENSUS_BATCH_MAX_BYTES (4u * 1024 * 1024) /* bytes per entry */
 #define CONSENSUS_BATCH_MAX_CMDS 4096u               /* commands per entry */
 #define CONSENSUS_CMD_LEN_SIZE 4 /* bytes: the len:u32 before each command */
-#define CONSENSUS_ENTRY_ALIGN 8  /* bytes: raft_uv's entry length unit */
 #define CONSENSUS_TIME_OFFSET 4  /* bytes: magic, version, reserved:u16 come
                                     before time_ms in the entry header */
+#define CONSENSUS_SEEN_MAX 64    /* servers whose last contact is tracked */
+
+/* When the leader last saw a server's recent_recv flag set. */
+struct consensus_seen
+{
+    uint64_t id; /* raft id, 0 for a free slot */
+    uint64_t ms; /* monotonic time of the last sighting, ms */
+};
 
 /* One entry being built (queued) or replicated (in flight). */
 struct consensus_batch
@@ -117,7 +136,7 @@ struct consensus
     struct raft raft;                /* the raft instance */
     struct raft_io io;               /* raft_uv disk + network backend */
     struct raft_uv_transport transport; /* raft_uv_tcp transport */
-    struct raft_fsm fsm;             /* callbacks into storage */
+    struct consensus_fsm fsm;        /* raft_fsm over storage (fsm.c) */
     uv_check_t check;                /* flushes batches and reads each turn */
     uv_timer_t purge_timer;          /* periodic expiry check */
 
@@ -135,9 +154,17 @@ struct consensus
     struct raft_barrier barrier;       /* the one barrier request */
     int barrier_busy;                  /* 1 while barrier is in flight */
 
-    struct storage_result *results;  /* owned: outcomes of the last entry */
-    uint32_t results_n;              /* elements in results */
-    uint64_t results_index;          /* raft index results belong to */
+    struct consensus_change *change; /* membership change in progress */
+    int assign_due;                  /* 1: change's raft_assign is due at the
+                                        next check */
+    struct consensus_seen seen[CONSENSUS_SEEN_MAX]; /* leader's contacts */
+
+    uint64_t elections;              /* transitions into candidate seen */
+    uint64_t leader_changes;         /* changes to a new non-zero leader id */
+    uint64_t barriers;               /* raft_barrier calls issued */
+    uint64_t barrier_reads;          /* reads those barriers served */
+    uint64_t entries;                /* raft_apply calls accepted */
+    uint64_t commands;               /* commands in those entries */
 
     struct consensus_propose purge_req; /* internal PURGE proposal */
     int purge_busy;                  /* 1 while purge_req is pending */
@@ -205,154 +232,6 @@ static int consensus_map_raft(const struct consensus *c, int rv)
     }
 }
 
-/* --- The state machine ------------------------------------------------ */
-
-/* Length of the entry without the zero padding added at submit: the bytes up
- * to the end of the last declared command, when at most ALIGN - 1 zero bytes
- * follow. Anything else is returned whole, for storage to judge. */
-static size_t consensus_entry_unpad(const void *p, size_t len)
-{
-    struct cmd_entry e;
-    const char *rec;
-    size_t rec_len;
-    size_t used;
-    size_t i;
-    uint32_t n;
-
-    if (cmd_entry_open(p, len, &e) != 0) {
-        return len;
-    }
-    for (n = 0; n < e.count; n++) {
-        if (cmd_entry_next(&e, &rec, &rec_len) != 1) {
-            return len;
-        }
-    }
-    used = (size_t)(e.p - (const char *)p);
-    if (len - used >= CONSENSUS_ENTRY_ALIGN) {
-        return len;
-    }
-    for (i = used; i < len; i++) {
-        if (((const char *)p)[i] != 0) {
-            return len;
-        }
-    }
-    return used;
-}
-
-static int consensus_fsm_apply(struct raft_fsm *fsm,
-                               const struct raft_buffer *buf, void **result)
-{
-    struct consensus *c = fsm->data;
-    uint64_t index = raft_last_applied(&c->raft) + 1;
-    struct storage_result *results = NULL;
-    uint32_t n = 0;
-    int rv;
-
-    *result = NULL;
-    free(c->results);
-    c->results = NULL;
-    c->results_n = 0;
-    c->results_index = 0;
-
-    rv = storage_apply(c->storage, index, buf->base,
-                       consensus_entry_unpad(buf->base, buf->len), &results,
-                       &n);
-    switch (rv) {
-        case STORAGE_OK:
-            c->results = results;
-            c->results_n = n;
-            c->results_index = index;
-            return 0;
-        case STORAGE_ECORRUPT:
-            /* Deterministic on every replica: nothing changed anywhere. */
-            LOGE("bad raft entry skipped", " index=%llu bytes=%zu",
-                 (unsigned long long)index, buf->len);
-            c->results_index = index;
-            return 0;
-        case STORAGE_ENOMEM:
-            LOGE("apply failed", " index=%llu err=\"%s\"",
-                 (unsigned long long)index, storage_strerror(rv));
-            return RAFT_NOMEM;
-        default:
-            LOGE("apply failed", " index=%llu err=\"%s\"",
-                 (unsigned long long)index, storage_strerror(rv));
-            return RAFT_IOERR;
-    }
-}
-
-static int consensus_fsm_snapshot(struct raft_fsm *fsm,
-                                  struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    struct consensus *c = fsm->data;
-    struct raft_buffer *b;
-    void *data = NULL;
-    size_t len = 0;
-    int rv;
-
-    b = malloc(sizeof *b);
-    if (b == NULL) {
-        return RAFT_NOMEM;
-    }
-    rv = storage_snapshot(c->storage, &data, &len);
-    if (rv != STORAGE_OK) {
-        LOGW("snapshot failed", " index=%llu err=\"%s\"",
-             (unsigned long long)raft_last_applied(&c->raft),
-             storage_strerror(rv));
-        free(b);
-        return rv == STORAGE_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
-    }
-    b->base = data;
-    b->len = len;
-    *bufs = b;
-    *n_bufs = 1;
-    LOGI("snapshot taken", " index=%llu bytes=%zu",
-         (unsigned long long)raft_last_applied(&c->raft), len);
-    return 0;
-}
-
-/* Called by libraft once the snapshot is stored (or failed): frees what
- * consensus_fsm_snapshot allocated. */
-static int consensus_fsm_snapshot_finalize(struct raft_fsm *fsm,
-                                           struct raft_buffer *bufs[],
-                                           unsigned *n_bufs)
-{
-    unsigned i;
-
-    (void)fsm;
-    if (*bufs != NULL) {
-        for (i = 0; i < *n_bufs; i++) {
-            free((*bufs)[i].base);
-        }
-        free(*bufs);
-    }
-    *bufs = NULL;
-    *n_bufs = 0;
-    return 0;
-}
-
-/* On success libraft hands buf->base to the FSM (snapshotRestore does not
- * free it); on failure it frees the snapshot itself. */
-static int consensus_fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
-{
-    struct consensus *c = fsm->data;
-    int rv;
-
-    rv = storage_restore(c->storage, buf->base, buf->len);
-    if (rv != STORAGE_OK) {
-        LOGE("snapshot restore failed", " bytes=%zu err=\"%s\"", buf->len,
-             storage_strerror(rv));
-        return rv == STORAGE_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT;
-    }
-    LOGI("snapshot restored", " index=%llu bytes=%zu",
-         (unsigned long long)storage_applied_index(c->storage), buf->len);
-    raft_free(buf->base);
-    free(c->results);
-    c->results = NULL;
-    c->results_n = 0;
-    c->results_index = 0;
-    return 0;
-}
-
 /* --- Proposals -------------------------------------------------------- */
 
 static void consensus_batch_free(struct consensus_batch *b)
@@ -376,11 +255,9 @@ static void consensus_batch_complete(struct consensus *c,
         p->batch = NULL;
         if (status != CONSENSUS_OK) {
             p->cb(p, status, NULL);
-        } else if (c->results_index == index && p->slot < c->results_n) {
-            p->cb(p, CONSENSUS_OK, &c->results[p->slot]);
         } else {
-            /* The entry was skipped as corrupt: every command failed. */
-            struct storage_result r = {STORAGE_ECORRUPT, index};
+            struct storage_result r;
+            consensus_fsm_result(&c->fsm, index, p->slot, &r);
             p->cb(p, CONSENSUS_OK, &r);
         }
         p = next;
@@ -408,7 +285,7 @@ static void consensus_apply_cb(struct raft_apply *req, int status,
     struct consensus_batch *b = req->data;
     struct consensus *c = b->c;
 
-    (void)result; /* always NULL: results travel through c->results */
+    (void)result; /* always NULL: results stay in the FSM (fsm.h) */
     consensus_inflight_remove(c, b);
     consensus_batch_complete(c, b, consensus_map_raft(c, status), req->index);
 }
@@ -431,15 +308,10 @@ static void consensus_batch_submit(struct consensus *c,
     int rv;
 
     consensus_entry_stamp(&b->entry, consensus_now_ms());
-    rb.len = (b->entry.len + CONSENSUS_ENTRY_ALIGN - 1) /
-             CONSENSUS_ENTRY_ALIGN * CONSENSUS_ENTRY_ALIGN;
-    rb.base = raft_malloc(rb.len);
-    if (rb.base == NULL) {
+    if (consensus_entry_pad(b->entry.base, b->entry.len, &rb) != 0) {
         consensus_batch_complete(c, b, CONSENSUS_ENOMEM, 0);
         return;
     }
-    memcpy(rb.base, b->entry.base, b->entry.len);
-    memset((char *)rb.base + b->entry.len, 0, rb.len - b->entry.len);
     buf_free(&b->entry);
 
     b->req.data = b;
@@ -450,7 +322,10 @@ static void consensus_batch_submit(struct consensus *c,
         raft_free(rb.base);
         consensus_inflight_remove(c, b);
         consensus_batch_complete(c, b, consensus_map_raft(c, rv), 0);
+        return;
     }
+    c->entries++;
+    c->commands += b->count;
 }
 
 static void consensus_flush_batches(struct consensus *c)
@@ -567,6 +442,7 @@ static void consensus_barrier_cb(struct raft_barrier *req, int status)
 
 static void consensus_flush_reads(struct consensus *c)
 {
+    struct consensus_read *r;
     int rv;
 
     if (c->barrier_busy || c->reads == NULL) {
@@ -583,6 +459,11 @@ static void consensus_flush_reads(struct consensus *c)
         c->reads_inflight = NULL;
         c->barrier_busy = 0;
         consensus_reads_complete(failed, consensus_map_raft(c, rv));
+        return;
+    }
+    c->barriers++;
+    for (r = c->reads_inflight; r != NULL; r = r->next) {
+        c->barrier_reads++;
     }
 }
 
@@ -607,9 +488,388 @@ int consensus_barrier(struct consensus *c, struct consensus_read *req)
     return CONSENSUS_OK;
 }
 
+/* --- Membership --------------------------------------------------------- */
+
+static void consensus_poll_contacts(struct consensus *c);
+
+/* consensus_change.step values: add uses the first three (see consensus.h). */
+enum {
+    CONSENSUS_STEP_ADDING = 0,      /* raft_add in flight */
+    CONSENSUS_STEP_CATCHING_UP = 1, /* raft_assign(VOTER) due or catching up */
+    CONSENSUS_STEP_PROMOTING = 2,   /* voter configuration entry in flight */
+    CONSENSUS_STEP_REMOVING = 3,    /* raft_remove in flight */
+    CONSENSUS_STEP_TRANSFERRING = 4 /* raft_transfer in flight */
+};
+
+static int consensus_map_change(const struct consensus *c, int rv)
+{
+    if (rv == 0 || c->closing) {
+        return consensus_map_raft(c, rv);
+    }
+    switch (rv) {
+        case RAFT_DUPLICATEID:
+        case RAFT_DUPLICATEADDRESS: return CONSENSUS_EEXIST;
+        case RAFT_CANTCHANGE: return CONSENSUS_ECHANGING;
+        case RAFT_NOTFOUND:
+        case RAFT_BADID: return CONSENSUS_ENOTFOUND;
+        default: return consensus_map_raft(c, rv);
+    }
+}
+
+/* Detach the change from c, free its libraft request, then run its
+ * callback (which may free req). */
+static void consensus_change_complete(struct consensus *c,
+                                      struct consensus_change *req, int status)
+{
+    if (c->change == req) {
+        c->change = NULL;
+        c->assign_due = 0;
+    }
+    free(req->raft_req);
+    req->raft_req = NULL;
+    req->c = NULL;
+    req->cb(req, status);
+}
+
+static void consensus_raft_change_cb(struct raft_change *rc, int status)
+{
+    struct consensus_change *req = rc->data;
+    struct consensus *c = req->c;
+
+    if (status == 0 && req->step == CONSENSUS_STEP_ADDING && !c->closing) {
+        /* In the configuration as a spare: promote it at the next check. */
+        LOGI("raft server added", " id=%llu role=spare",
+             (unsigned long long)req->id);
+        req->step = CONSENSUS_STEP_CATCHING_UP;
+        c->assign_due = 1;
+        return;
+    }
+    if (status == 0) {
+        LOGI("raft configuration changed", " id=%llu step=%d",
+             (unsigned long long)req->id, req->step);
+    } else {
+        LOGW("raft configuration change failed", " id=%llu step=%d err=\"%s\"",
+             (unsigned long long)req->id, req->step, raft_strerror(status));
+    }
+    consensus_change_complete(c, req, consensus_map_change(c, status));
+}
+
+/* Ask libraft to catch the server up and make it a voter. */
+static int consensus_change_assign(struct consensus *c,
+                                   struct consensus_change *req)
+{
+    int rv;
+
+    req->step = CONSENSUS_STEP_CATCHING_UP;
+    rv = raft_assign(&c->raft, req->raft_req, req->id, RAFT_VOTER,
+                     consensus_raft_change_cb);
+    return consensus_map_change(c, rv);
+}
+
+/* The check's part of an add: issue the assign the add callback left due,
+ * and note when catch-up has ended and the voter entry is in flight. */
+static void consensus_change_poll(struct consensus *c)
+{
+    struct consensus_change *req = c->change;
+    int rv;
+
+    if (req == NULL) {
+        return;
+    }
+    if (c->assign_due) {
+        c->assign_due = 0;
+        rv = consensus_change_assign(c, req);
+        if (rv != CONSENSUS_OK) {
+            /* Leadership went between add and assign: the server stays a
+             * spare, and adding it again completes the promotion. */
+            consensus_change_complete(
+                c, req, rv == CONSENSUS_ENOTLEADER ? CONSENSUS_ELEADERSHIP : rv);
+        }
+        return;
+    }
+    if (req->step == CONSENSUS_STEP_CATCHING_UP &&
+        raft_state(&c->raft) == RAFT_LEADER &&
+        c->raft.leader_state.promotee_id != req->id) {
+        req->step = CONSENSUS_STEP_PROMOTING;
+    }
+}
+
+/* Common checks of the three calls; on success req is c's change. */
+static int consensus_change_begin(struct consensus *c,
+                                  struct consensus_change *req, uint64_t id,
+                                  int step, size_t raft_req_size)
+{
+    if (c->closing) {
+        return CONSENSUS_ESHUTDOWN;
+    }
+    if (req == NULL || req->cb == NULL) {
+        return CONSENSUS_EINVAL;
+    }
+    if (raft_state(&c->raft) != RAFT_LEADER) {
+        return CONSENSUS_ENOTLEADER;
+    }
+    if (c->change != NULL || c->raft.transfer != NULL ||
+        c->raft.configuration_uncommitted_index != 0) {
+        return CONSENSUS_ECHANGING;
+    }
+    req->raft_req = calloc(1, raft_req_size);
+    if (req->raft_req == NULL) {
+        return CONSENSUS_ENOMEM;
+    }
+    req->c = c;
+    req->id = id;
+    req->step = step;
+    return CONSENSUS_OK;
+}
+
+/* Undo consensus_change_begin after the libraft call refused. */
+static int consensus_change_abort(struct consensus_change *req, int status)
+{
+    free(req->raft_req);
+    req->raft_req = NULL;
+    req->c = NULL;
+    return status;
+}
+
+int consensus_add_server(struct consensus *c, struct consensus_change *req,
+                         uint64_t id, const char *raft_addr)
+{
+    const struct raft_configuration *conf = &c->raft.configuration;
+    const struct raft_server *present = NULL;
+    struct raft_change *rc;
+    unsigned i;
+    int rv;
+
+    if (id == 0 || raft_addr == NULL || raft_addr[0] == '\0' ||
+        strlen(raft_addr) >= sizeof ((struct consensus_server *)0)->raft_addr) {
+        return c->closing ? CONSENSUS_ESHUTDOWN : CONSENSUS_EINVAL;
+    }
+    rv = consensus_change_begin(c, req, id, CONSENSUS_STEP_ADDING,
+                                sizeof *rc);
+    if (rv != CONSENSUS_OK) {
+        return rv;
+    }
+    for (i = 0; i < conf->n; i++) {
+        const struct raft_server *s = &conf->servers[i];
+        if (s->id == id) {
+            present = s;
+        } else if (strcmp(s->address, raft_addr) == 0) {
+            return consensus_change_abort(req, CONSENSUS_EEXIST);
+        }
+    }
+    if (present != NULL &&
+        (present->role == RAFT_VOTER || strcmp(present->address, raft_addr) != 0)) {
+        return consensus_change_abort(req, CONSENSUS_EEXIST);
+    }
+    rc = req->raft_req;
+    rc->data = req;
+    if (present != NULL) {
+        /* Left a non-voter by an earlier attempt: finish its promotion. */
+        rv = consensus_change_assign(c, req);
+    } else {
+        rv = consensus_map_change(
+            c, raft_add(&c->raft, rc, id, raft_addr, consensus_raft_change_cb));
+    }
+    if (rv != CONSENSUS_OK) {
+        return consensus_change_abort(req, rv);
+    }
+    c->change = req;
+    LOGI("raft adding server", " id=%llu addr=%s promote_only=%d",
+         (unsigned long long)id, raft_addr, present != NULL);
+    return CONSENSUS_OK;
+}
+
+int consensus_remove_server(struct consensus *c, struct consensus_change *req,
+                            uint64_t id)
+{
+    struct raft_change *rc;
+    int rv;
+
+    rv = consensus_change_begin(c, req, id, CONSENSUS_STEP_REMOVING,
+                                sizeof *rc);
+    if (rv != CONSENSUS_OK) {
+        return rv;
+    }
+    rc = req->raft_req;
+    rc->data = req;
+    rv = consensus_map_change(
+        c, raft_remove(&c->raft, rc, id, consensus_raft_change_cb));
+    if (rv != CONSENSUS_OK) {
+        return consensus_change_abort(req, rv);
+    }
+    c->change = req;
+    LOGI("raft removing server", " id=%llu", (unsigned long long)id);
+    return CONSENSUS_OK;
+}
+
+/* libraft calls this when the target became leader, when the transfer timed
+ * out (one election timeout) or on close; it carries no status. */
+static void consensus_transfer_cb(struct raft_transfer *rt)
+{
+    struct consensus_change *req = rt->data;
+    struct consensus *c = req->c;
+    raft_id leader = 0;
+    const char *addr = NULL;
+    int status;
+
+    raft_leader(&c->raft, &leader, &addr);
+    if (c->closing) {
+        status = CONSENSUS_ESHUTDOWN;
+    } else if (raft_state(&c->raft) != RAFT_LEADER && leader == rt->id) {
+        status = CONSENSUS_OK;
+        LOGI("raft leadership transferred", " to=%llu",
+             (unsigned long long)rt->id);
+    } else {
+        status = CONSENSUS_EIO;
+        LOGW("raft leadership transfer timed out", " to=%llu",
+             (unsigned long long)rt->id);
+    }
+    consensus_change_complete(c, req, status);
+}
+
+int consensus_transfer(struct consensus *c, struct consensus_change *req,
+                       uint64_t id)
+{
+    struct raft_transfer *rt;
+    int rv;
+
+    if (id != 0 && id == c->raft.id) {
+        return c->closing ? CONSENSUS_ESHUTDOWN : CONSENSUS_EINVAL;
+    }
+    rv = consensus_change_begin(c, req, id, CONSENSUS_STEP_TRANSFERRING,
+                                sizeof *rt);
+    if (rv != CONSENSUS_OK) {
+        return rv;
+    }
+    rt = req->raft_req;
+    rt->data = req;
+    rv = consensus_map_change(
+        c, raft_transfer(&c->raft, rt, id, consensus_transfer_cb));
+    if (rv != CONSENSUS_OK) {
+        return consensus_change_abort(req, rv);
+    }
+    req->id = rt->id; /* the transferee libraft picked when id was 0 */
+    c->change = req;
+    LOGI("raft transferring leadership", " to=%llu",
+         (unsigned long long)req->id);
+    return CONSENSUS_OK;
+}
+
+static int consensus_map_role(int role)
+{
+    switch (role) {
+        case RAFT_VOTER: return CONSENSUS_VOTER;
+        case RAFT_STANDBY: return CONSENSUS_STANDBY;
+        default: return CONSENSUS_SPARE;
+    }
+}
+
+/* 1 when the leader saw a message from server id within the last election
+ * timeout. */
+static int consensus_reachable(struct consensus *c, unsigned i)
+{
+    uint64_t id = c->raft.configuration.servers[i].id;
+    uint64_t now = uv_now(c->loop);
+    unsigned k;
+
+    if (c->raft.leader_state.progress[i].recent_recv) {
+        return 1;
+    }
+    for (k = 0; k < CONSENSUS_SEEN_MAX; k++) {
+        if (c->seen[k].id == id) {
+            return now - c->seen[k].ms <= c->raft.election_timeout;
+        }
+    }
+    return 0;
+}
+
+int consensus_servers(struct consensus *c, struct consensus_server *out,
+                      unsigned cap, unsigned *n)
+{
+    const struct raft_configuration *conf = &c->raft.configuration;
+    int leading = raft_state(&c->raft) == RAFT_LEADER &&
+                  c->raft.leader_state.progress != NULL;
+    raft_id leader = 0;
+    const char *addr = NULL;
+    unsigned i;
+
+    if (n == NULL || (out == NULL && cap > 0)) {
+        return CONSENSUS_EINVAL;
+    }
+    *n = 0;
+    if (c->closing) {
+        return CONSENSUS_ESHUTDOWN;
+    }
+    consensus_poll_contacts(c);
+    raft_leader(&c->raft, &leader, &addr);
+    *n = conf->n;
+    for (i = 0; i < conf->n && i < cap; i++) {
+        const struct raft_server *s = &conf->servers[i];
+        struct consensus_server *o = &out[i];
+
+        memset(o, 0, sizeof *o);
+        o->id = s->id;
+        snprintf(o->raft_addr, sizeof o->raft_addr, "%s",
+                 s->address != NULL ? s->address : "");
+        o->role = consensus_map_role(s->role);
+        if (s->id == c->raft.id) {
+            o->reachable = 1;
+            o->match_index = leading ? c->raft.last_stored : 0;
+        } else if (leading) {
+            o->reachable = consensus_reachable(c, i);
+            o->match_index = c->raft.leader_state.progress[i].match_index;
+        } else {
+            o->reachable = leader != 0 && s->id == leader ? 1 : -1;
+        }
+    }
+    return CONSENSUS_OK;
+}
+
 /* --- Loop hooks -------------------------------------------------------- */
 
-/* Log role and leader changes, polled once per turn and per purge tick. */
+/* Record, on the leader, which servers answered within the current election
+ * timeout window (see the file header). */
+static void consensus_poll_contacts(struct consensus *c)
+{
+    const struct raft_configuration *conf = &c->raft.configuration;
+    uint64_t now = uv_now(c->loop);
+    unsigned i;
+    unsigned k;
+
+    if (raft_state(&c->raft) != RAFT_LEADER ||
+        c->raft.leader_state.progress == NULL) {
+        return;
+    }
+    for (i = 0; i < conf->n; i++) {
+        struct consensus_seen *slot = NULL;
+        if (!c->raft.leader_state.progress[i].recent_recv) {
+            continue;
+        }
+        for (k = 0; k < CONSENSUS_SEEN_MAX; k++) {
+            if (c->seen[k].id == conf->servers[i].id) {
+                slot = &c->seen[k];
+                break;
+            }
+            if (slot == NULL && c->seen[k].id == 0) {
+                slot = &c->seen[k];
+            }
+        }
+        if (slot == NULL) {
+            /* Table full: reuse the stalest slot. */
+            slot = &c->seen[0];
+            for (k = 1; k < CONSENSUS_SEEN_MAX; k++) {
+                if (c->seen[k].ms < slot->ms) {
+                    slot = &c->seen[k];
+                }
+            }
+        }
+        slot->id = conf->servers[i].id;
+        slot->ms = now;
+    }
+}
+
+/* Count and log role and leader changes, polled once per turn and per purge
+ * tick. */
 static void consensus_poll_state(struct consensus *c)
 {
     int state = raft_state(&c->raft);
@@ -621,10 +881,19 @@ static void consensus_poll_state(struct consensus *c)
         LOGI("raft role changed", " from=%s to=%s term=%llu",
              consensus_state_name(c->last_state), consensus_state_name(state),
              (unsigned long long)c->raft.current_term);
+        if (state == RAFT_CANDIDATE) {
+            c->elections++;
+        }
+        if (state == RAFT_LEADER) {
+            /* A new term: forget contacts seen under an earlier one. */
+            memset(c->seen, 0, sizeof c->seen);
+        }
         c->last_state = state;
     }
+    consensus_poll_contacts(c);
     if (leader != c->last_leader) {
         if (leader != 0) {
+            c->leader_changes++;
             LOGI("raft leader known", " leader=%llu addr=%s term=%llu",
                  (unsigned long long)leader, addr != NULL ? addr : "-",
                  (unsigned long long)c->raft.current_term);
@@ -644,6 +913,7 @@ static void consensus_check_cb(uv_check_t *check)
         return;
     }
     consensus_poll_state(c);
+    consensus_change_poll(c);
     consensus_flush_batches(c);
     consensus_flush_reads(c);
 }
@@ -725,10 +995,13 @@ static void consensus_destroy(struct consensus *c)
         c->barrier_busy = 0;
         consensus_reads_complete(r, CONSENSUS_ESHUTDOWN);
     }
+    if (c->change != NULL) {
+        consensus_change_complete(c, c->change, CONSENSUS_ESHUTDOWN);
+    }
     if (cb != NULL) {
         cb(data);
     }
-    free(c->results);
+    consensus_fsm_close(&c->fsm);
     free(c);
 }
 
@@ -772,6 +1045,10 @@ static void consensus_shutdown(struct consensus *c)
     }
     c->queued_tail = NULL;
     consensus_reads_complete(reads, CONSENSUS_ESHUTDOWN);
+    if (c->change != NULL && c->assign_due) {
+        /* Between raft_add and raft_assign: libraft holds no request. */
+        consensus_change_complete(c, c->change, CONSENSUS_ESHUTDOWN);
+    }
 
     uv_close((uv_handle_t *)&c->check, consensus_handle_close_cb);
     uv_close((uv_handle_t *)&c->purge_timer, consensus_handle_close_cb);
@@ -812,7 +1089,7 @@ static int consensus_bootstrap(struct consensus *c,
         rv = raft_configuration_add(&conf, cfg->members[i].id,
                                     cfg->members[i].raft_addr, RAFT_VOTER);
     }
-    if (rv == 0 && self) {
+    if (rv == 0 && self && !cfg->join) {
         rv = raft_bootstrap(&c->raft, &conf);
         if (rv == 0) {
             *bootstrapped = 1;
@@ -879,13 +1156,9 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         rv = consensus_map_start(rv);
         goto err_after_transport_init;
     }
-    c->fsm.version = 2;
-    c->fsm.data = c;
-    c->fsm.apply = consensus_fsm_apply;
-    c->fsm.snapshot = consensus_fsm_snapshot;
-    c->fsm.restore = consensus_fsm_restore;
-    c->fsm.snapshot_finalize = consensus_fsm_snapshot_finalize;
-    rv = raft_init(&c->raft, &c->io, &c->fsm, cfg->id, cfg->raft_addr);
+    consensus_fsm_init(&c->fsm, c->storage);
+    c->fsm.raft = &c->raft;
+    rv = raft_init(&c->raft, &c->io, &c->fsm.fsm, cfg->id, cfg->raft_addr);
     if (rv != 0) {
         snprintf(errmsg, errmsg_len, "raft init: %s", raft_errmsg(&c->raft));
         rv = consensus_map_start(rv);
@@ -942,6 +1215,9 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         LOGI("raft bootstrapped", " id=%llu members=%u",
              (unsigned long long)cfg->id,
              cfg->n_members != 0 ? cfg->n_members : 1u);
+    } else if (raft_last_index(&c->raft) == 0) {
+        LOGI("raft waiting to be added", " id=%llu addr=%s",
+             (unsigned long long)cfg->id, cfg->raft_addr);
     }
     LOGI("raft started", " id=%llu addr=%s applied=%llu last_index=%llu",
          (unsigned long long)cfg->id, cfg->raft_addr,
@@ -979,4 +1255,13 @@ void consensus_info(struct consensus *c, struct consensus_info *info)
     info->applied_index = raft_last_applied(&c->raft);
     info->last_index = raft_last_index(&c->raft);
     info->pending = c->pending;
+    info->role = consensus_state_name(raft_state(&c->raft));
+    info->elections = c->elections;
+    info->leader_changes = c->leader_changes;
+    info->snapshots_taken = c->fsm.snapshots_taken;
+    info->snapshots_installed = c->fsm.snapshots_installed;
+    info->barriers = c->barriers;
+    info->barrier_reads = c->barrier_reads;
+    info->entries = c->entries;
+    info->commands = c->commands;
 }

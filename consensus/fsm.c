@@ -1,0 +1,211 @@
+/* Consensus FSM: libraft 0.15 raft_fsm callbacks (fsm version 2) over
+ * storage. See fsm.h for the entry padding and how results reach the
+ * proposer.
+ *
+ * Failure handling, verified against raft v0.15.0 src/replication.c:
+ *   - A bad entry (storage ECORRUPT: the header does not parse) is logged and
+ *     treated as applied with every command failed. Storage leaves the state
+ *     untouched on every replica alike, and a non-zero fsm return would make
+ *     libraft retry the same entry forever.
+ *   - A resource failure (ENOMEM, EINTERNAL) is returned to libraft: the
+ *     entry is not marked applied and is applied again on the next commit
+ *     advance or restart, so replicas never diverge.
+ *   - snapshot: one raft_buffer from storage_snapshot(), freed in
+ *     snapshot_finalize, which libraft calls once the snapshot is stored or
+ *     has failed.
+ *   - restore: on success libraft hands buf->base to the FSM
+ *     (snapshotRestore frees only the bufs array), so it is raft_free()d
+ *     here; on failure libraft still owns it. */
+#include "fsm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../lib/log.h"
+#include "../storage/command.h"
+
+static void consensus_fsm_drop_results(struct consensus_fsm *f)
+{
+    free(f->results);
+    f->results = NULL;
+    f->results_n = 0;
+    f->results_index = 0;
+}
+
+size_t consensus_entry_unpad(const void *p, size_t len)
+{
+    struct cmd_entry e;
+    const char *rec;
+    size_t rec_len;
+    size_t used;
+    size_t i;
+    uint32_t n;
+
+    if (cmd_entry_open(p, len, &e) != 0) {
+        return len;
+    }
+    for (n = 0; n < e.count; n++) {
+        if (cmd_entry_next(&e, &rec, &rec_len) != 1) {
+            return len;
+        }
+    }
+    used = (size_t)(e.p - (const char *)p);
+    if (len - used >= CONSENSUS_ENTRY_ALIGN) {
+        return len;
+    }
+    for (i = used; i < len; i++) {
+        if (((const char *)p)[i] != 0) {
+            return len;
+        }
+    }
+    return used;
+}
+
+int consensus_entry_pad(const void *entry, size_t len, struct raft_buffer *out)
+{
+    out->len = (len + CONSENSUS_ENTRY_ALIGN - 1) / CONSENSUS_ENTRY_ALIGN *
+               CONSENSUS_ENTRY_ALIGN;
+    out->base = raft_malloc(out->len);
+    if (out->base == NULL) {
+        out->len = 0;
+        return RAFT_NOMEM;
+    }
+    memcpy(out->base, entry, len);
+    memset((char *)out->base + len, 0, out->len - len);
+    return 0;
+}
+
+void consensus_fsm_result(const struct consensus_fsm *f, uint64_t index,
+                          uint32_t slot, struct storage_result *out)
+{
+    if (f->results_index == index && f->results != NULL &&
+        slot < f->results_n) {
+        *out = f->results[slot];
+        return;
+    }
+    /* The entry was skipped as corrupt: every command failed. */
+    out->status = STORAGE_ECORRUPT;
+    out->index = index;
+}
+
+static int consensus_fsm_apply(struct raft_fsm *fsm,
+                               const struct raft_buffer *buf, void **result)
+{
+    struct consensus_fsm *f = fsm->data;
+    uint64_t index = raft_last_applied(f->raft) + 1;
+    struct storage_result *results = NULL;
+    uint32_t n = 0;
+    int rv;
+
+    *result = NULL;
+    consensus_fsm_drop_results(f);
+    rv = storage_apply(f->storage, index, buf->base,
+                       consensus_entry_unpad(buf->base, buf->len), &results,
+                       &n);
+    switch (rv) {
+        case STORAGE_OK:
+            f->results = results;
+            f->results_n = n;
+            f->results_index = index;
+            return 0;
+        case STORAGE_ECORRUPT:
+            /* Deterministic on every replica: nothing changed anywhere. */
+            LOGE("bad raft entry skipped", " index=%llu bytes=%zu",
+                 (unsigned long long)index, buf->len);
+            f->results_index = index;
+            return 0;
+        case STORAGE_ENOMEM:
+            LOGE("apply failed", " index=%llu err=\"%s\"",
+                 (unsigned long long)index, storage_strerror(rv));
+            return RAFT_NOMEM;
+        default:
+            LOGE("apply failed", " index=%llu err=\"%s\"",
+                 (unsigned long long)index, storage_strerror(rv));
+            return RAFT_IOERR;
+    }
+}
+
+static int consensus_fsm_snapshot(struct raft_fsm *fsm,
+                                  struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct consensus_fsm *f = fsm->data;
+    struct raft_buffer *b;
+    void *data = NULL;
+    size_t len = 0;
+    int rv;
+
+    b = malloc(sizeof *b);
+    if (b == NULL) {
+        return RAFT_NOMEM;
+    }
+    rv = storage_snapshot(f->storage, &data, &len);
+    if (rv != STORAGE_OK) {
+        LOGW("snapshot failed", " index=%llu err=\"%s\"",
+             (unsigned long long)raft_last_applied(f->raft),
+             storage_strerror(rv));
+        free(b);
+        return rv == STORAGE_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+    }
+    b->base = data;
+    b->len = len;
+    *bufs = b;
+    *n_bufs = 1;
+    f->snapshots_taken++;
+    LOGI("snapshot taken", " index=%llu bytes=%zu",
+         (unsigned long long)raft_last_applied(f->raft), len);
+    return 0;
+}
+
+static int consensus_fsm_snapshot_finalize(struct raft_fsm *fsm,
+                                           struct raft_buffer *bufs[],
+                                           unsigned *n_bufs)
+{
+    unsigned i;
+
+    (void)fsm;
+    if (*bufs != NULL) {
+        for (i = 0; i < *n_bufs; i++) {
+            free((*bufs)[i].base);
+        }
+        free(*bufs);
+    }
+    *bufs = NULL;
+    *n_bufs = 0;
+    return 0;
+}
+
+static int consensus_fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    struct consensus_fsm *f = fsm->data;
+    int rv;
+
+    rv = storage_restore(f->storage, buf->base, buf->len);
+    if (rv != STORAGE_OK) {
+        LOGE("snapshot restore failed", " bytes=%zu err=\"%s\"", buf->len,
+             storage_strerror(rv));
+        return rv == STORAGE_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT;
+    }
+    f->snapshots_installed++;
+    LOGI("snapshot restored", " index=%llu bytes=%zu",
+         (unsigned long long)storage_applied_index(f->storage), buf->len);
+    raft_free(buf->base);
+    consensus_fsm_drop_results(f);
+    return 0;
+}
+
+void consensus_fsm_init(struct consensus_fsm *f, struct storage *storage)
+{
+    memset(f, 0, sizeof *f);
+    f->storage = storage;
+    f->fsm.version = 2;
+    f->fsm.data = f;
+    f->fsm.apply = consensus_fsm_apply;
+    f->fsm.snapshot = consensus_fsm_snapshot;
+    f->fsm.restore = consensus_fsm_restore;
+    f->fsm.snapshot_finalize = consensus_fsm_snapshot_finalize;
+}
+
+void consensus_fsm_close(struct consensus_fsm *f)
+{
+    consensus_fsm_drop_results(f);
+}
