@@ -17,6 +17,7 @@
  * again from the start with the gate marked as passed (req->data), which
  * keeps one code path per route and costs a re-parse of a short path. */
 #include "api.h"
+#include "internal.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -28,66 +29,6 @@
 
 #include <http_parser.h>
 
-#define API_MAX_SEGMENTS 8
-#define API_MAX_NAME 256          /* bytes: session ids and property names */
-#define API_MAX_TTL 315360000ull  /* seconds: 10 years */
-#define API_MAX_PER_PAGE 1000
-#define API_DEFAULT_PER_PAGE 100
-#define API_MAX_REQUEST_ID 256    /* bytes of X-REQUEST-ID */
-#define API_TICK_MS 50            /* timeout scan period */
-
-#define CONTAINER_OF(ptr, type, field) \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
-
-/* req->data carries, between the passes of a read, the gate flags (low
- * byte) and the matched route (next byte, for the request log line). */
-#define GATE_MIN_INDEX 1u /* X-Context-Min-Index satisfied */
-#define GATE_BARRIER 2u   /* a barrier issued after arrival has completed */
-#define GATE_MASK 0xffu
-#define ROUTE_SHIFT 8
-
-/* The one table from failure to HTTP answer. */
-#define API_ERRORS(X)                                                         \
-    X(AE_MALFORMED_JSON, 400, "malformed_json", "body is not valid JSON")    \
-    X(AE_WRONG_TYPE, 400, "wrong_type", "JSON value of the wrong type")      \
-    X(AE_DUPLICATE, 400, "duplicate_member", "duplicate member name")        \
-    X(AE_TOO_DEEP, 400, "too_deep", "JSON nested deeper than 64 levels")     \
-    X(AE_UTF8, 400, "invalid_utf8", "invalid UTF-8")                          \
-    X(AE_BAD_NAME, 400, "bad_name", "invalid name")                           \
-    X(AE_BAD_TTL, 400, "bad_ttl", "ttlSecond must be an integer 0..315360000") \
-    X(AE_BAD_PAGING, 400, "bad_paging",                                       \
-      "page must be >= 0 and perPage 1..1000")                                \
-    X(AE_BAD_REQUEST, 400, "bad_request", "bad request")                      \
-    X(AE_UNAUTHORIZED, 401, "unauthorized", "missing or invalid credentials") \
-    X(AE_RESERVED, 403, "reserved_namespace", "namespace is reserved")        \
-    X(AE_NOT_FOUND, 404, "not_found", "no such resource")                     \
-    X(AE_NS_NOT_FOUND, 404, "namespace_not_found", "namespace does not exist") \
-    X(AE_PROP_NOT_FOUND, 404, "property_not_found", "property does not exist") \
-    X(AE_METHOD, 405, "method_not_allowed", "method not allowed on this path") \
-    X(AE_PRECONDITION, 412, "precondition_failed",                            \
-      "If-Match does not match the current version")                          \
-    X(AE_DOC_TOO_LARGE, 413, "document_too_large",                            \
-      "session document would exceed 800000 bytes")                           \
-    X(AE_MEDIA_TYPE, 415, "unsupported_media_type",                           \
-      "body must be application/json")                                        \
-    X(AE_OVERLOADED, 429, "overloaded", "too many pending writes, retry")     \
-    X(AE_INTERNAL, 500, "internal", "internal error")                         \
-    X(AE_UNAVAILABLE, 503, "unavailable", "no leader reachable, retry")       \
-    X(AE_SHUTTING_DOWN, 503, "unavailable", "node is shutting down")          \
-    X(AE_UNKNOWN_OUTCOME, 504, "outcome_unknown",                             \
-      "commit not confirmed in time: the write may or may not have been "     \
-      "applied; retry with the same X-REQUEST-ID")                            \
-    X(AE_READ_TIMEOUT, 504, "timeout",                                        \
-      "read condition not reached in time")
-
-/* 0 means "no error", so the first real error is 1. */
-enum api_error {
-    AE_NONE = 0,
-#define AE_ENUM(name, status, code, msg) name,
-    API_ERRORS(AE_ENUM)
-#undef AE_ENUM
-};
-
 static const struct
 {
     int status;
@@ -98,24 +39,6 @@ static const struct
 #define AE_ROW(name, status, code, msg) {status, code, msg},
     API_ERRORS(AE_ROW)
 #undef AE_ROW
-};
-
-enum route_id {
-    R_NONE,
-    R_ACCOUNT,         /* /v1/account/{acc}: GET list, POST create */
-    R_NAMESPACE,       /* /v1/account/{acc}/{ns}: DELETE */
-    R_PROPS,           /* .../{ns}[/{sid}]/properties: GET PATCH DELETE */
-    R_PROP,            /* .../{ns}[/{sid}]/properties/{prop}: GET PUT DELETE */
-    R_SESSION_IDS,     /* .../{ns}/session-ids: GET */
-    R_SESSION_PROPS,   /* .../{ns}/session-properties: GET */
-    R_SESSION_TTL,     /* .../namespace/{ns}/session: GET POST */
-    R_ADMIN_KEY,       /* /admin/v1/accounts/{acc}/key: PUT */
-    R_HEALTHZ,         /* /healthz: GET */
-    R_READYZ,          /* /readyz: GET */
-    R_ADMIN_DIGEST,    /* /admin/v1/digest: GET */
-    R_ADMIN_BACKUP,    /* /admin/v1/backup: GET */
-    R_METRICS,         /* /metrics: GET */
-    R_COUNT,           /* number of routes */
 };
 
 static const char *const route_allow[] = {
@@ -133,6 +56,13 @@ static const char *const route_allow[] = {
     [R_ADMIN_DIGEST] = "GET",
     [R_ADMIN_BACKUP] = "GET",
     [R_METRICS] = "GET",
+    [R_ADMIN_CLUSTER] = "GET",
+    [R_ADMIN_NODES] = "POST",
+    [R_ADMIN_NODE] = "DELETE",
+    [R_ADMIN_TRANSFER] = "POST",
+    [R_INT_FORWARD] = "POST",
+    [R_INT_READ_INDEX] = "GET",
+    [R_INT_JOIN] = "POST",
 };
 
 /* Route templates for logs: never the raw path, which holds ids. */
@@ -151,67 +81,18 @@ static const char *const route_template[] = {
     [R_ADMIN_DIGEST] = "/admin/v1/digest",
     [R_ADMIN_BACKUP] = "/admin/v1/backup",
     [R_METRICS] = "/metrics",
-};
-
-/* A request's decoded path and the names the route picked from it. */
-struct route
-{
-    enum route_id id;
-    struct buf seg[API_MAX_SEGMENTS]; /* decoded path segments (owned) */
-    unsigned n_seg;                   /* segments used */
-    const char *query;                /* raw query string, NULL when none */
-    size_t query_len;
-    struct cmd where;                 /* acc, ns, sid, name point into seg */
-};
-
-enum op_kind {
-    OP_WRITE,   /* waiting for a proposal to apply */
-    OP_BARRIER, /* waiting for a read barrier */
-    OP_MIN,     /* waiting for the applied index to reach min_index */
-};
-
-/* Something waiting: a proposal, a barrier or an applied index. */
-struct api_op
-{
-    struct api *api;                /* owner */
-    struct http_request *req;       /* NULL once answered (timed out) */
-    enum op_kind kind;              /* what it waits for */
-    struct consensus_propose prop;  /* OP_WRITE */
-    struct consensus_read read;     /* OP_BARRIER */
-    uint64_t min_index;             /* OP_MIN */
-    uint64_t deadline;              /* uv_now() ms after which: 504 */
-    int success_status;             /* OP_WRITE: 204 or 201 */
-    char *body;                     /* OP_WRITE: success body (owned), or NULL */
-    size_t body_len;                /* bytes of body */
-    struct api_op *prev, *next;     /* on the list of its kind */
-    int listed;                     /* 1 while on a list */
-};
-
-struct op_list
-{
-    struct api_op *head, *tail; /* oldest first */
-};
-
-struct api
-{
-    struct api_config cfg;       /* copy; admin_token points to our copy */
-    char *admin_token;           /* owned */
-    char node_header[64];        /* "X-Context-Node: N\r\n" */
-    int closing;                 /* api_shutdown was called */
-    unsigned pending;            /* ops allocated */
-    struct op_list writes;       /* OP_WRITE, deadline order */
-    struct op_list barriers;     /* OP_BARRIER, deadline order */
-    struct op_list mins;         /* OP_MIN, deadline order */
-    struct buf scratch;          /* reused for command encoding */
-    uv_timer_t timer;            /* timeout scan */
-    uv_check_t check;            /* wakes OP_MIN waiters after each turn */
-    unsigned open_handles;       /* handles not yet closed */
-    int freeing;                 /* api_close was called */
+    [R_ADMIN_CLUSTER] = "/admin/v1/cluster",
+    [R_ADMIN_NODES] = "/admin/v1/cluster/nodes",
+    [R_ADMIN_NODE] = "/admin/v1/cluster/nodes/{id}",
+    [R_ADMIN_TRANSFER] = "/admin/v1/cluster/transfer",
+    [R_INT_FORWARD] = "/internal/v1/forward",
+    [R_INT_READ_INDEX] = "/internal/v1/read-index",
+    [R_INT_JOIN] = "/internal/v1/join",
 };
 
 /* --- Small helpers ---------------------------------------------------- */
 
-static void list_push(struct op_list *l, struct api_op *op)
+void api_op_list_push(struct op_list *l, struct api_op *op)
 {
     op->prev = l->tail;
     op->next = NULL;
@@ -221,12 +102,14 @@ static void list_push(struct op_list *l, struct api_op *op)
         l->head = op;
     }
     l->tail = op;
-    op->listed = 1;
+    op->list = l;
 }
 
-static void list_remove(struct op_list *l, struct api_op *op)
+void api_op_list_remove(struct api_op *op)
 {
-    if (!op->listed) {
+    struct op_list *l = op->list;
+
+    if (l == NULL) {
         return;
     }
     if (op->prev != NULL) {
@@ -240,29 +123,20 @@ static void list_remove(struct op_list *l, struct api_op *op)
         l->tail = op->prev;
     }
     op->prev = op->next = NULL;
-    op->listed = 0;
+    op->list = NULL;
 }
 
-static struct op_list *op_list_of(struct api *a, struct api_op *op)
-{
-    switch (op->kind) {
-        case OP_WRITE: return &a->writes;
-        case OP_BARRIER: return &a->barriers;
-        default: return &a->mins;
-    }
-}
-
-static void op_free(struct api_op *op)
+void api_op_free(struct api_op *op)
 {
     struct api *a = op->api;
 
-    list_remove(op_list_of(a, op), op);
+    api_op_list_remove(op);
     free(op->body);
     free(op);
     a->pending--;
 }
 
-static uint64_t wall_ms(void)
+uint64_t api_wall_ms(void)
 {
     struct timespec ts;
 
@@ -299,12 +173,15 @@ static void log_request(struct api *a, struct http_request *req, int status)
          (unsigned long long)(uv_now(a->cfg.loop) - req->start_ms), rid_text);
 }
 
-static int respond(struct api *a, struct http_request *req, int status,
+int api_respond(struct api *a, struct http_request *req, int status,
                    const char *extra, const char *body, size_t len)
 {
     char headers[512];
     int n;
 
+    if (req == NULL) {
+        return 0; /* an internal operation with nobody to answer */
+    }
     log_request(a, req, status);
     n = snprintf(headers, sizeof headers, "%s%s", a->node_header,
                  extra != NULL ? extra : "");
@@ -314,13 +191,16 @@ static int respond(struct api *a, struct http_request *req, int status,
     return http_respond(req, status, headers, body, len);
 }
 
-static void respond_error(struct api *a, struct http_request *req,
+void api_respond_error(struct api *a, struct http_request *req,
                           enum api_error e, const char *message)
 {
     struct buf body = BUF_INIT;
     char extra[128] = "";
     int rv;
 
+    if (req == NULL) {
+        return;
+    }
     if (e == AE_OVERLOADED || e == AE_UNAVAILABLE || e == AE_SHUTTING_DOWN) {
         snprintf(extra, sizeof extra, "Retry-After: 1\r\n");
     }
@@ -333,9 +213,9 @@ static void respond_error(struct api *a, struct http_request *req,
     rv |= buf_append_json_string(&body, message, strlen(message));
     rv |= buf_append_char(&body, '}');
     if (rv != 0) {
-        respond(a, req, 500, NULL, NULL, 0);
+        api_respond(a, req, 500, NULL, NULL, 0);
     } else {
-        respond(a, req, api_errors[e].status, extra, body.base, body.len);
+        api_respond(a, req, api_errors[e].status, extra, body.base, body.len);
     }
     buf_free(&body);
 }
@@ -352,14 +232,14 @@ static void respond_method(struct api *a, struct http_request *req,
                    "not allowed; allowed: %s\"}",
                    req->method_name, route_allow[id]) != 0) {
         buf_free(&body);
-        respond(a, req, 500, NULL, NULL, 0);
+        api_respond(a, req, 500, NULL, NULL, 0);
         return;
     }
-    respond(a, req, 405, extra, body.base, body.len);
+    api_respond(a, req, 405, extra, body.base, body.len);
     buf_free(&body);
 }
 
-static int bytes_eq(const char *s, size_t n, const char *lit)
+int api_bytes_eq(const char *s, size_t n, const char *lit)
 {
     return strlen(lit) == n && memcmp(s, lit, n) == 0;
 }
@@ -406,7 +286,7 @@ int api_reserved_namespace(const char *s, size_t n)
     size_t i;
 
     for (i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
-        if (bytes_eq(s, n, reserved[i])) {
+        if (api_bytes_eq(s, n, reserved[i])) {
             return 1;
         }
     }
@@ -560,7 +440,7 @@ static struct cmd_bytes seg_bytes(const struct route *r, unsigned i)
 
 static int seg_is(const struct route *r, unsigned i, const char *lit)
 {
-    return i < r->n_seg && bytes_eq(r->seg[i].base, r->seg[i].len, lit);
+    return i < r->n_seg && api_bytes_eq(r->seg[i].base, r->seg[i].len, lit);
 }
 
 static const struct cmd_bytes default_sid = {STORAGE_DEFAULT_SID,
@@ -620,6 +500,29 @@ static int route_match(struct http_request *req, struct route *r)
     }
     if (r->n_seg == 1 && seg_is(r, 0, "metrics")) {
         r->id = R_METRICS;
+        return 0;
+    }
+    if (r->n_seg >= 3 && seg_is(r, 0, "admin") && seg_is(r, 1, "v1") &&
+        seg_is(r, 2, "cluster")) {
+        if (r->n_seg == 3) {
+            r->id = R_ADMIN_CLUSTER;
+        } else if (r->n_seg == 4 && seg_is(r, 3, "nodes")) {
+            r->id = R_ADMIN_NODES;
+        } else if (r->n_seg == 5 && seg_is(r, 3, "nodes")) {
+            r->id = R_ADMIN_NODE;
+        } else if (r->n_seg == 4 && seg_is(r, 3, "transfer")) {
+            r->id = R_ADMIN_TRANSFER;
+        }
+        return 0;
+    }
+    if (r->n_seg == 3 && seg_is(r, 0, "internal") && seg_is(r, 1, "v1")) {
+        if (seg_is(r, 2, "forward")) {
+            r->id = R_INT_FORWARD;
+        } else if (seg_is(r, 2, "read-index")) {
+            r->id = R_INT_READ_INDEX;
+        } else if (seg_is(r, 2, "join")) {
+            r->id = R_INT_JOIN;
+        }
         return 0;
     }
     if (r->n_seg == 3 && seg_is(r, 0, "admin") && seg_is(r, 1, "v1") &&
@@ -708,7 +611,14 @@ static int method_allowed(enum route_id id, int method)
         case R_READYZ:
         case R_ADMIN_DIGEST:
         case R_ADMIN_BACKUP:
+        case R_ADMIN_CLUSTER:
+        case R_INT_READ_INDEX:
         case R_METRICS: return method == HTTP_GET;
+        case R_ADMIN_NODES:
+        case R_ADMIN_TRANSFER:
+        case R_INT_FORWARD:
+        case R_INT_JOIN: return method == HTTP_POST;
+        case R_ADMIN_NODE: return method == HTTP_DELETE;
         case R_SESSION_TTL: return method == HTTP_GET || method == HTTP_POST;
         case R_ADMIN_KEY: return method == HTTP_PUT;
         default: return 0;
@@ -734,7 +644,7 @@ static int auth_account(struct api *a, struct http_request *req,
 
 /* Compare the bearer token in constant time (over the token's length:
  * both are hashed first so lengths leak nothing either). */
-static int auth_admin(struct api *a, struct http_request *req)
+int api_auth_admin(struct api *a, struct http_request *req)
 {
     const struct http_header *h = http_request_header(req, "authorization");
     uint8_t want[SHA256_LEN];
@@ -748,7 +658,7 @@ static int auth_admin(struct api *a, struct http_request *req)
     return ct_equal(want, got, SHA256_LEN);
 }
 
-static int content_type_json(struct http_request *req)
+int api_content_type_json(struct http_request *req)
 {
     const struct http_header *h = http_request_header(req, "content-type");
     size_t n;
@@ -770,13 +680,13 @@ static void write_answer(struct api *a, struct http_request *req,
 
     if (status != CONSENSUS_OK) {
         if (status == CONSENSUS_ENOTLEADER) {
-            respond_error(a, req, AE_UNAVAILABLE, NULL);
+            api_respond_error(a, req, AE_UNAVAILABLE, NULL);
         } else if (status == CONSENSUS_ENOMEM || status == CONSENSUS_EIO) {
-            respond_error(a, req, AE_INTERNAL, consensus_strerror(status));
+            api_respond_error(a, req, AE_INTERNAL, consensus_strerror(status));
         } else {
             /* Leadership lost or shutdown with the entry possibly in the
              * log: it may still commit. */
-            respond_error(a, req, AE_UNKNOWN_OUTCOME, NULL);
+            api_respond_error(a, req, AE_UNKNOWN_OUTCOME, NULL);
         }
         return;
     }
@@ -784,15 +694,15 @@ static void write_answer(struct api *a, struct http_request *req,
         case STORAGE_OK:
             snprintf(extra, sizeof extra, "X-Context-Index: %llu\r\n",
                      (unsigned long long)res->index);
-            respond(a, req, op->success_status, extra, op->body, op->body_len);
+            api_respond(a, req, op->success_status, extra, op->body, op->body_len);
             return;
-        case STORAGE_ENOTFOUND: respond_error(a, req, AE_NS_NOT_FOUND, NULL); return;
+        case STORAGE_ENOTFOUND: api_respond_error(a, req, AE_NS_NOT_FOUND, NULL); return;
         case STORAGE_EPRECONDITION:
-            respond_error(a, req, AE_PRECONDITION, NULL);
+            api_respond_error(a, req, AE_PRECONDITION, NULL);
             return;
-        case STORAGE_ETOOLARGE: respond_error(a, req, AE_DOC_TOO_LARGE, NULL); return;
+        case STORAGE_ETOOLARGE: api_respond_error(a, req, AE_DOC_TOO_LARGE, NULL); return;
         default:
-            respond_error(a, req, AE_INTERNAL, storage_strerror(res->status));
+            api_respond_error(a, req, AE_INTERNAL, storage_strerror(res->status));
             return;
     }
 }
@@ -806,7 +716,7 @@ static void write_cb(struct consensus_propose *prop, int status,
         write_answer(op->api, op->req, op, status, result);
         op->req = NULL;
     }
-    op_free(op);
+    api_op_free(op);
 }
 
 /* Fill the header fields every write shares: If-Match and X-REQUEST-ID.
@@ -843,28 +753,39 @@ static int write_headers(struct http_request *req, struct cmd *cmd)
 
 /* Encode and propose cmd; on success the answer comes from write_cb.
  * body (owned, may be NULL) is the success body. */
-static void propose(struct api *a, struct http_request *req,
-                    const struct cmd *cmd, int success_status, char *body,
-                    size_t body_len)
+static int is_leader(struct api *a)
+{
+    struct consensus_info info;
+
+    consensus_info(a->cfg.consensus, &info);
+    return info.is_leader;
+}
+
+struct api_op *api_propose(struct api *a, struct http_request *req,
+                           const struct cmd *cmd, int success_status,
+                           char *body, size_t body_len)
 {
     struct api_op *op;
     int rv;
 
+    if (req != NULL && !is_leader(a)) {
+        /* Validated here; the leader validates again and applies. */
+        free(body);
+        api_forward(a, req);
+        return NULL;
+    }
     buf_reset(&a->scratch);
     if (cmd_encode(cmd, &a->scratch) != 0) {
         free(body);
-        respond_error(a, req, AE_INTERNAL, "cannot encode command");
-        return;
+        api_respond_error(a, req, AE_INTERNAL, "cannot encode command");
+        return NULL;
     }
-    op = calloc(1, sizeof *op);
+    op = api_op_new(a, req, OP_WRITE, a->cfg.write_timeout_ms);
     if (op == NULL) {
         free(body);
-        respond_error(a, req, AE_INTERNAL, "out of memory");
-        return;
+        api_respond_error(a, req, AE_INTERNAL, "out of memory");
+        return NULL;
     }
-    op->api = a;
-    op->req = req;
-    op->kind = OP_WRITE;
     op->success_status = success_status;
     op->body = body;
     op->body_len = body_len;
@@ -873,26 +794,28 @@ static void propose(struct api *a, struct http_request *req,
     rv = consensus_propose(a->cfg.consensus, &op->prop, a->scratch.base,
                            a->scratch.len);
     if (rv != CONSENSUS_OK) {
-        free(op->body);
-        free(op);
+        op->req = NULL;
+        api_op_free(op);
         switch (rv) {
-            case CONSENSUS_EBUSY: respond_error(a, req, AE_OVERLOADED, NULL); break;
-            case CONSENSUS_ENOTLEADER: respond_error(a, req, AE_UNAVAILABLE, NULL); break;
+            case CONSENSUS_EBUSY:
+                api_respond_error(a, req, AE_OVERLOADED, NULL);
+                break;
+            case CONSENSUS_ENOTLEADER:
+                api_respond_error(a, req, AE_UNAVAILABLE, NULL);
+                break;
             case CONSENSUS_ESHUTDOWN:
-                respond_error(a, req, AE_SHUTTING_DOWN, NULL);
+                api_respond_error(a, req, AE_SHUTTING_DOWN, NULL);
                 break;
             default:
-                respond_error(a, req, AE_INTERNAL, consensus_strerror(rv));
+                api_respond_error(a, req, AE_INTERNAL, consensus_strerror(rv));
                 break;
         }
-        return;
+        return NULL;
     }
-    a->pending++;
-    op->deadline = uv_now(a->cfg.loop) + a->cfg.write_timeout_ms;
-    list_push(&a->writes, op);
+    return op;
 }
 
-static enum api_error json_error(int rv)
+enum api_error api_json_error(int rv)
 {
     switch (rv) {
         case JSON_EDEPTH: return AE_TOO_DEEP;
@@ -926,7 +849,7 @@ static int parse_ttl(const struct route *r, int required, int64_t *ttl)
 }
 
 /* The string member `field` of a JSON object body, decoded into out. */
-static int body_string_member(struct http_request *req, const char *field,
+int api_body_string_member(struct http_request *req, const char *field,
                               struct buf *out)
 {
     struct json_member *m = NULL;
@@ -935,12 +858,12 @@ static int body_string_member(struct http_request *req, const char *field,
 
     rv = json_object_members(req->body, req->body_len, JSON_MAX_DEPTH, &m, &n);
     if (rv != JSON_OK) {
-        return json_error(rv);
+        return api_json_error(rv);
     }
     rv = AE_WRONG_TYPE;
     for (i = 0; i < n; i++) {
         if (strcmp(m[i].name, field) == 0 && m[i].name_len == strlen(field)) {
-            if (m[i].type == JSON_STRING) {
+            if (m[i].type == JSON_T_STRING) {
                 rv = json_string_decode(m[i].value, m[i].value_len, out) == 0
                          ? 0
                          : AE_INTERNAL;
@@ -998,7 +921,7 @@ static int handle_write(struct api *a, struct http_request *req,
     int rv;
 
     cmd.ttl = -1;
-    if (has_body && !content_type_json(req)) {
+    if (has_body && !api_content_type_json(req)) {
         return AE_MEDIA_TYPE;
     }
     if ((rv = write_headers(req, &cmd)) != 0) {
@@ -1009,7 +932,7 @@ static int handle_write(struct api *a, struct http_request *req,
             if ((rv = parse_ttl(r, 0, &cmd.ttl)) != 0) {
                 return rv;
             }
-            if ((rv = body_string_member(req, "name", &name)) != 0) {
+            if ((rv = api_body_string_member(req, "name", &name)) != 0) {
                 break;
             }
             cmd.ns.base = name.base;
@@ -1020,7 +943,7 @@ static int handle_write(struct api *a, struct http_request *req,
             cmd.op = CMD_NS_PUT;
             cmd.has_if_match = 0;
             cmd.if_match = 0;
-            propose(a, req, &cmd, 204, NULL, 0);
+            api_propose(a, req, &cmd, 204, NULL, 0);
             break;
         case R_NAMESPACE:
             if ((rv = check_ns_writable(&cmd.ns)) != 0) {
@@ -1029,7 +952,7 @@ static int handle_write(struct api *a, struct http_request *req,
             cmd.op = CMD_NS_DELETE;
             cmd.has_if_match = 0;
             cmd.if_match = 0;
-            propose(a, req, &cmd, 204, NULL, 0);
+            api_propose(a, req, &cmd, 204, NULL, 0);
             break;
         case R_SESSION_TTL: /* POST */
             if ((rv = check_ns_writable(&cmd.ns)) != 0) {
@@ -1038,7 +961,7 @@ static int handle_write(struct api *a, struct http_request *req,
             if ((rv = parse_ttl(r, 1, &cmd.ttl)) != 0) {
                 break;
             }
-            if ((rv = body_string_member(req, "sessionId", &name)) != 0) {
+            if ((rv = api_body_string_member(req, "sessionId", &name)) != 0) {
                 break;
             }
             if (!api_valid_session(name.base, name.len)) {
@@ -1050,7 +973,7 @@ static int handle_write(struct api *a, struct http_request *req,
             cmd.op = CMD_SESSION_TTL;
             cmd.has_if_match = 0;
             cmd.if_match = 0;
-            propose(a, req, &cmd, 204, NULL, 0);
+            api_propose(a, req, &cmd, 204, NULL, 0);
             break;
         case R_PROPS:
             if ((rv = check_where(r, 1)) != 0) {
@@ -1058,13 +981,13 @@ static int handle_write(struct api *a, struct http_request *req,
             }
             if (req->method == HTTP_DELETE) {
                 cmd.op = CMD_SESSION_CLEAR;
-                propose(a, req, &cmd, 204, NULL, 0);
+                api_propose(a, req, &cmd, 204, NULL, 0);
                 break;
             }
             rv = json_object_members(req->body, req->body_len, JSON_MAX_DEPTH,
                                      &m, &n);
             if (rv != JSON_OK) {
-                rv = json_error(rv);
+                rv = api_json_error(rv);
                 break;
             }
             for (i = 0; i < n && rv == 0; i++) {
@@ -1082,7 +1005,7 @@ static int handle_write(struct api *a, struct http_request *req,
             cmd.n_props = (uint32_t)n;
             cmd.props.base = pairs.base;
             cmd.props.len = (uint32_t)pairs.len;
-            propose(a, req, &cmd, 204, NULL, 0);
+            api_propose(a, req, &cmd, 204, NULL, 0);
             break;
         case R_PROP: {
             size_t start, end;
@@ -1093,19 +1016,19 @@ static int handle_write(struct api *a, struct http_request *req,
             }
             if (req->method == HTTP_DELETE) {
                 cmd.op = CMD_PROP_DELETE;
-                propose(a, req, &cmd, 204, NULL, 0);
+                api_propose(a, req, &cmd, 204, NULL, 0);
                 break;
             }
             rv = json_validate(req->body, req->body_len, JSON_MAX_DEPTH, &start,
                                &end, &type);
             if (rv != JSON_OK) {
-                rv = json_error(rv);
+                rv = api_json_error(rv);
                 break;
             }
             cmd.op = CMD_PROP_PUT;
             cmd.value.base = req->body + start;
             cmd.value.len = (uint32_t)(end - start);
-            propose(a, req, &cmd, 204, NULL, 0);
+            api_propose(a, req, &cmd, 204, NULL, 0);
             break;
         }
         default:
@@ -1118,72 +1041,32 @@ static int handle_write(struct api *a, struct http_request *req,
     return rv;
 }
 
-static int handle_admin_key(struct api *a, struct http_request *req,
-                            struct route *r)
-{
-    uint8_t raw[32];
-    uint8_t hash[SHA256_LEN];
-    char key[65];
-    struct cmd cmd;
-    struct buf body = BUF_INIT;
-
-    if (!api_valid_account(r->where.acc.base, r->where.acc.len)) {
-        return AE_BAD_NAME;
-    }
-    if (random_bytes(raw, sizeof raw) != 0) {
-        return AE_INTERNAL;
-    }
-    hex_encode(raw, sizeof raw, key);
-    sha256(key, 64, hash);
-    memset(&cmd, 0, sizeof cmd);
-    cmd.op = CMD_SET_KEY;
-    cmd.ttl = -1;
-    cmd.acc = r->where.acc;
-    cmd.key_hash.base = (const char *)hash;
-    cmd.key_hash.len = SHA256_LEN;
-    if (buf_append_str(&body, "{\"accountId\":") != 0 ||
-        buf_append_json_string(&body, r->where.acc.base, r->where.acc.len) != 0 ||
-        buf_printf(&body, ",\"apiKey\":\"%s\"}", key) != 0) {
-        buf_free(&body);
-        return AE_INTERNAL;
-    }
-    {
-        size_t len;
-        char *p = buf_steal(&body, &len);
-        propose(a, req, &cmd, 201, p, len);
-    }
-    memset(key, 0, sizeof key);
-    memset(raw, 0, sizeof raw);
-    return 0;
-}
-
 /* --- Reads ------------------------------------------------------------ */
 
-static void redispatch(struct api *a, struct http_request *req, unsigned gate);
 static void api_check_cb(uv_check_t *c);
 
-static void barrier_cb(struct consensus_read *read, int status)
+void api_barrier_cb(struct consensus_read *read, int status)
 {
     struct api_op *op = CONTAINER_OF(read, struct api_op, read);
     struct api *a = op->api;
     struct http_request *req = op->req;
 
     op->req = NULL;
-    op_free(op);
+    api_op_free(op);
     if (req == NULL) {
         return; /* already answered by the timeout */
     }
     if (status != CONSENSUS_OK) {
-        respond_error(a, req, status == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
+        api_respond_error(a, req, status == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
                                                             : AE_UNAVAILABLE,
                       NULL);
         return;
     }
-    redispatch(a, req, ((unsigned)(uintptr_t)req->data & GATE_MASK) | GATE_BARRIER);
+    api_redispatch(a, req, ((unsigned)(uintptr_t)req->data & GATE_MASK) | GATE_BARRIER);
 }
 
-static struct api_op *op_new(struct api *a, struct http_request *req,
-                             enum op_kind kind, uint64_t timeout)
+struct api_op *api_op_new(struct api *a, struct http_request *req,
+                          enum op_kind kind, uint64_t timeout_ms)
 {
     struct api_op *op = calloc(1, sizeof *op);
 
@@ -1193,9 +1076,14 @@ static struct api_op *op_new(struct api *a, struct http_request *req,
     op->api = a;
     op->req = req;
     op->kind = kind;
-    op->deadline = uv_now(a->cfg.loop) + timeout;
+    op->deadline = uv_now(a->cfg.loop) + timeout_ms;
     a->pending++;
-    list_push(op_list_of(a, op), op);
+    switch (kind) {
+        case OP_WRITE: api_op_list_push(&a->writes, op); break;
+        case OP_BARRIER: api_op_list_push(&a->barriers, op); break;
+        case OP_MIN: api_op_list_push(&a->mins, op); break;
+        default: break; /* the caller lists it, or nothing needs to */
+    }
     return op;
 }
 
@@ -1222,11 +1110,11 @@ static int read_gate(struct api *a, struct http_request *req,
     }
     if (rv > 0) {
         explicit_level = 1;
-        if (bytes_eq(v.base, v.len, "linearizable")) {
+        if (api_bytes_eq(v.base, v.len, "linearizable")) {
             level = LEVEL_LINEARIZABLE;
-        } else if (bytes_eq(v.base, v.len, "leader")) {
+        } else if (api_bytes_eq(v.base, v.len, "leader")) {
             level = LEVEL_LEADER;
-        } else if (bytes_eq(v.base, v.len, "stale")) {
+        } else if (api_bytes_eq(v.base, v.len, "stale")) {
             level = LEVEL_STALE;
         } else {
             rv = -1;
@@ -1234,22 +1122,22 @@ static int read_gate(struct api *a, struct http_request *req,
     }
     buf_free(&v);
     if (rv < 0) {
-        respond_error(a, req, AE_BAD_REQUEST,
+        api_respond_error(a, req, AE_BAD_REQUEST,
                       "consistency must be linearizable, leader or stale");
         return 0;
     }
     h = http_request_header(req, "x-context-min-index");
     if (h != NULL) {
         if (api_parse_uint(h->value, h->value_len, UINT64_MAX, &min_index) != 0) {
-            respond_error(a, req, AE_BAD_REQUEST,
+            api_respond_error(a, req, AE_BAD_REQUEST,
                           "X-Context-Min-Index must be an integer");
             return 0;
         }
         if (!(gate & GATE_MIN_INDEX) &&
             storage_applied_index(a->cfg.storage) < min_index) {
-            struct api_op *op = op_new(a, req, OP_MIN, a->cfg.read_timeout_ms);
+            struct api_op *op = api_op_new(a, req, OP_MIN, a->cfg.read_timeout_ms);
             if (op == NULL) {
-                respond_error(a, req, AE_INTERNAL, "out of memory");
+                api_respond_error(a, req, AE_INTERNAL, "out of memory");
                 return 0;
             }
             op->min_index = min_index;
@@ -1265,25 +1153,29 @@ static int read_gate(struct api *a, struct http_request *req,
     }
     consensus_info(a->cfg.consensus, &info);
     if (!info.is_leader) {
-        respond_error(a, req, AE_UNAVAILABLE, NULL);
+        if (level == LEVEL_LEADER) {
+            api_forward(a, req);
+        } else if ((rv = api_read_index_wait(a, req)) != 0) {
+            api_respond_error(a, req, (enum api_error)rv, NULL);
+        }
         return 0;
     }
     if (level == LEVEL_LEADER) {
         return 1;
     }
     {
-        struct api_op *op = op_new(a, req, OP_BARRIER, a->cfg.read_timeout_ms);
+        struct api_op *op = api_op_new(a, req, OP_BARRIER, a->cfg.read_timeout_ms);
         if (op == NULL) {
-            respond_error(a, req, AE_INTERNAL, "out of memory");
+            api_respond_error(a, req, AE_INTERNAL, "out of memory");
             return 0;
         }
         op->read.data = op;
-        op->read.cb = barrier_cb;
+        op->read.cb = api_barrier_cb;
         rv = consensus_barrier(a->cfg.consensus, &op->read);
         if (rv != CONSENSUS_OK) {
             op->req = NULL;
-            op_free(op);
-            respond_error(a, req, rv == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
+            api_op_free(op);
+            api_respond_error(a, req, rv == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
                                                             : AE_UNAVAILABLE,
                           NULL);
         }
@@ -1359,7 +1251,7 @@ static int handle_read(struct api *a, struct http_request *req,
     struct cmd_bytes *names = NULL;
     size_t n_names = 0;
     uint64_t version = 0, page, per;
-    uint64_t now = wall_ms();
+    uint64_t now = api_wall_ms();
     char extra[128];
     int rv = 0, st = STORAGE_OK;
     int etag = 0;
@@ -1436,164 +1328,17 @@ static int handle_read(struct api *a, struct http_request *req,
         snprintf(extra, sizeof extra, "X-Context-Index: %llu\r\n",
                  (unsigned long long)storage_applied_index(a->cfg.storage));
     }
-    respond(a, req, 200, extra, out.base, out.len);
+    api_respond(a, req, 200, extra, out.base, out.len);
     buf_free(&out);
     return 0;
 }
 
 /* --- Dispatch --------------------------------------------------------- */
 
-static void handle_health(struct api *a, struct http_request *req,
-                          enum route_id id)
-{
-    struct consensus_info info;
-    static const char ok[] = "{\"status\":\"ok\"}";
-    static const char ready[] = "{\"status\":\"ready\"}";
-
-    if (id == R_HEALTHZ) {
-        respond(a, req, 200, NULL, ok, sizeof ok - 1);
-        return;
-    }
-    consensus_info(a->cfg.consensus, &info);
-    if (a->closing || info.leader_id == 0 ||
-        info.applied_index < info.commit_index) {
-        struct buf body = BUF_INIT;
-        const char *why = a->closing             ? "shutting down"
-                          : info.leader_id == 0 ? "no known leader"
-                                                : "catching up";
-        if (buf_printf(&body, "{\"code\":\"not_ready\",\"message\":\"%s\"}",
-                       why) != 0) {
-            respond(a, req, 503, NULL, NULL, 0);
-        } else {
-            respond(a, req, 503, NULL, body.base, body.len);
-        }
-        buf_free(&body);
-        return;
-    }
-    respond(a, req, 200, NULL, ready, sizeof ready - 1);
-}
-
-/* GET /admin/v1/digest: this node's applied index and state hash. */
-static int handle_digest(struct api *a, struct http_request *req)
-{
-    uint8_t digest[SHA256_LEN];
-    char hex[2 * SHA256_LEN + 1];
-    struct buf body = BUF_INIT;
-
-    if (storage_digest(a->cfg.storage, digest) != STORAGE_OK) {
-        return AE_INTERNAL;
-    }
-    hex_encode(digest, sizeof digest, hex);
-    if (buf_printf(&body, "{\"node\":%llu,\"index\":%llu,\"sha256\":\"%s\"}",
-                   (unsigned long long)a->cfg.node_id,
-                   (unsigned long long)storage_applied_index(a->cfg.storage),
-                   hex) != 0) {
-        buf_free(&body);
-        return AE_INTERNAL;
-    }
-    respond(a, req, 200, NULL, body.base, body.len);
-    buf_free(&body);
-    return 0;
-}
-
-/* GET /admin/v1/backup: the whole database as one SQLite file, taken at
- * one applied index (named in X-Context-Index). The copy is taken on the
- * loop in one step (sqlite3_serialize of the in-memory database), so it is
- * consistent by construction. */
-static int handle_backup(struct api *a, struct http_request *req)
-{
-    void *data = NULL;
-    size_t len = 0;
-    char extra[160];
-
-    if (storage_snapshot(a->cfg.storage, &data, &len) != STORAGE_OK) {
-        return AE_INTERNAL;
-    }
-    snprintf(extra, sizeof extra,
-             "Content-Type: application/vnd.sqlite3\r\n"
-             "Content-Disposition: attachment; filename=\"ctxd-backup.db\"\r\n"
-             "X-Context-Index: %llu\r\n",
-             (unsigned long long)storage_applied_index(a->cfg.storage));
-    respond(a, req, 200, extra, data, len);
-    free(data);
-    return 0;
-}
-
-/* GET /metrics: Prometheus text exposition format 0.0.4. */
-static int handle_metrics(struct api *a, struct http_request *req)
-{
-    struct consensus_info info;
-    struct storage_counts counts;
-    struct buf body = BUF_INIT;
-    int rv = 0;
-
-    consensus_info(a->cfg.consensus, &info);
-    if (storage_counts(a->cfg.storage, &counts) != STORAGE_OK) {
-        return AE_INTERNAL;
-    }
-    rv |= buf_printf(&body,
-                     "# HELP ctxd_raft_leader 1 when this node is the leader.\n"
-                     "# TYPE ctxd_raft_leader gauge\n"
-                     "ctxd_raft_leader %d\n"
-                     "# HELP ctxd_raft_leader_id Id of the known leader, 0 when none.\n"
-                     "# TYPE ctxd_raft_leader_id gauge\n"
-                     "ctxd_raft_leader_id %llu\n"
-                     "# HELP ctxd_raft_term Current Raft term.\n"
-                     "# TYPE ctxd_raft_term gauge\n"
-                     "ctxd_raft_term %llu\n"
-                     "# HELP ctxd_raft_commit_index Highest index known committed.\n"
-                     "# TYPE ctxd_raft_commit_index gauge\n"
-                     "ctxd_raft_commit_index %llu\n"
-                     "# HELP ctxd_raft_applied_index Highest index applied to the state.\n"
-                     "# TYPE ctxd_raft_applied_index gauge\n"
-                     "ctxd_raft_applied_index %llu\n"
-                     "# HELP ctxd_raft_last_index Last index in the local log.\n"
-                     "# TYPE ctxd_raft_last_index gauge\n"
-                     "ctxd_raft_last_index %llu\n"
-                     "# HELP ctxd_proposals_pending Proposals queued or in flight.\n"
-                     "# TYPE ctxd_proposals_pending gauge\n"
-                     "ctxd_proposals_pending %u\n",
-                     info.is_leader, (unsigned long long)info.leader_id,
-                     (unsigned long long)info.term,
-                     (unsigned long long)info.commit_index,
-                     (unsigned long long)info.applied_index,
-                     (unsigned long long)info.last_index, info.pending);
-    rv |= buf_printf(&body,
-                     "# HELP ctxd_accounts Accounts with a key.\n"
-                     "# TYPE ctxd_accounts gauge\n"
-                     "ctxd_accounts %llu\n"
-                     "# HELP ctxd_namespaces Namespaces.\n"
-                     "# TYPE ctxd_namespaces gauge\n"
-                     "ctxd_namespaces %llu\n"
-                     "# HELP ctxd_sessions Sessions.\n"
-                     "# TYPE ctxd_sessions gauge\n"
-                     "ctxd_sessions %llu\n"
-                     "# HELP ctxd_properties Stored properties.\n"
-                     "# TYPE ctxd_properties gauge\n"
-                     "ctxd_properties %llu\n"
-                     "# HELP ctxd_purged_properties_total Properties removed by purges.\n"
-                     "# TYPE ctxd_purged_properties_total counter\n"
-                     "ctxd_purged_properties_total %llu\n"
-                     "# HELP ctxd_api_pending Requests waiting for a commit or a read condition.\n"
-                     "# TYPE ctxd_api_pending gauge\n"
-                     "ctxd_api_pending %u\n",
-                     (unsigned long long)counts.accounts,
-                     (unsigned long long)counts.namespaces,
-                     (unsigned long long)counts.sessions,
-                     (unsigned long long)counts.properties,
-                     (unsigned long long)counts.purged, a->pending);
-    if (rv != 0) {
-        buf_free(&body);
-        return AE_INTERNAL;
-    }
-    respond(a, req, 200, "Content-Type: text/plain; version=0.0.4\r\n",
-            body.base, body.len);
-    buf_free(&body);
-    return 0;
-}
 
 static void dispatch(struct api *a, struct http_request *req)
 {
+    unsigned gate = (unsigned)(uintptr_t)req->data & GATE_MASK;
     struct route r;
     int rv;
 
@@ -1601,11 +1346,11 @@ static void dispatch(struct api *a, struct http_request *req)
     req->data = (void *)(uintptr_t)(((unsigned)(uintptr_t)req->data & GATE_MASK) |
                                     ((unsigned)r.id << ROUTE_SHIFT));
     if (rv != 0) {
-        respond_error(a, req, (enum api_error)rv, "invalid path segment");
+        api_respond_error(a, req, (enum api_error)rv, "invalid path segment");
         goto out;
     }
     if (r.id == R_NONE) {
-        respond_error(a, req, AE_NOT_FOUND, NULL);
+        api_respond_error(a, req, AE_NOT_FOUND, NULL);
         goto out;
     }
     if (!method_allowed(r.id, req->method)) {
@@ -1613,43 +1358,77 @@ static void dispatch(struct api *a, struct http_request *req)
         goto out;
     }
     if (r.id == R_HEALTHZ || r.id == R_READYZ) {
-        handle_health(a, req, r.id);
+        api_handle_health(a, req, r.id);
         goto out;
     }
     if (r.id == R_METRICS) {
-        rv = handle_metrics(a, req);
+        rv = api_handle_metrics(a, req);
         goto answer;
     }
     if (a->closing) {
-        respond_error(a, req, AE_SHUTTING_DOWN, NULL);
+        api_respond_error(a, req, AE_SHUTTING_DOWN, NULL);
         goto out;
     }
-    if (r.id == R_ADMIN_KEY || r.id == R_ADMIN_DIGEST || r.id == R_ADMIN_BACKUP) {
-        if (!auth_admin(a, req)) {
-            rv = AE_UNAUTHORIZED;
-        } else if (r.id == R_ADMIN_KEY) {
-            rv = handle_admin_key(a, req, &r);
-        } else if (r.id == R_ADMIN_DIGEST) {
-            rv = handle_digest(a, req);
-        } else {
-            rv = handle_backup(a, req);
-        }
-    } else if (!auth_account(a, req, &r)) {
-        rv = AE_UNAUTHORIZED;
-    } else if (req->method == HTTP_GET) {
-        rv = handle_read(a, req, &r);
-    } else {
-        rv = handle_write(a, req, &r);
+    switch (r.id) {
+        case R_INT_FORWARD:
+        case R_INT_READ_INDEX:
+        case R_INT_JOIN:
+            if (!api_auth_internal(a, req)) {
+                rv = AE_UNAUTHORIZED;
+            } else if (r.id == R_INT_FORWARD) {
+                rv = api_handle_forwarded(a, req);
+            } else if (r.id == R_INT_READ_INDEX) {
+                rv = api_handle_read_index(a, req, gate);
+            } else {
+                rv = api_handle_nodes_add(a, req, 1);
+            }
+            break;
+        case R_ADMIN_KEY:
+        case R_ADMIN_DIGEST:
+        case R_ADMIN_BACKUP:
+        case R_ADMIN_CLUSTER:
+        case R_ADMIN_NODES:
+        case R_ADMIN_NODE:
+        case R_ADMIN_TRANSFER:
+            if (!api_auth_admin(a, req)) {
+                rv = AE_UNAUTHORIZED;
+            } else if (r.id == R_ADMIN_DIGEST) {
+                rv = api_handle_digest(a, req);
+            } else if (r.id == R_ADMIN_BACKUP) {
+                rv = api_handle_backup(a, req);
+            } else if (r.id == R_ADMIN_CLUSTER) {
+                rv = api_handle_cluster(a, req);
+            } else if (r.id == R_ADMIN_KEY) {
+                rv = api_handle_admin_key(a, req, &r);
+            } else if (r.id == R_ADMIN_NODES) {
+                rv = api_handle_nodes_add(a, req, 0);
+            } else if (!is_leader(a)) {
+                api_forward(a, req);
+            } else if (r.id == R_ADMIN_NODE) {
+                rv = api_handle_node_remove(a, req, &r);
+            } else {
+                rv = api_handle_transfer(a, req);
+            }
+            break;
+        default:
+            if (!auth_account(a, req, &r)) {
+                rv = AE_UNAUTHORIZED;
+            } else if (req->method == HTTP_GET) {
+                rv = handle_read(a, req, &r);
+            } else {
+                rv = handle_write(a, req, &r);
+            }
+            break;
     }
 answer:
     if (rv != 0) {
-        respond_error(a, req, (enum api_error)rv, NULL);
+        api_respond_error(a, req, (enum api_error)rv, NULL);
     }
 out:
     route_free(&r);
 }
 
-static void redispatch(struct api *a, struct http_request *req, unsigned gate)
+void api_redispatch(struct api *a, struct http_request *req, unsigned gate)
 {
     req->data = (void *)(uintptr_t)gate;
     dispatch(a, req);
@@ -1672,13 +1451,13 @@ static void expire_list(struct api *a, struct op_list *l, uint64_t now,
         struct api_op *op = l->head;
         struct http_request *req = op->req;
 
-        list_remove(l, op);
+        api_op_list_remove(op);
         op->req = NULL;
         if (req != NULL) {
-            respond_error(a, req, e, NULL);
+            api_respond_error(a, req, e, NULL);
         }
         if (op->kind == OP_MIN) {
-            op_free(op); /* nothing else refers to it */
+            api_op_free(op); /* nothing else refers to it */
         }
         /* OP_WRITE / OP_BARRIER: freed by their consensus callback. */
     }
@@ -1692,6 +1471,10 @@ static void api_timer_cb(uv_timer_t *t)
     expire_list(a, &a->writes, now, AE_UNKNOWN_OUTCOME);
     expire_list(a, &a->barriers, now, AE_READ_TIMEOUT);
     expire_list(a, &a->mins, now, AE_READ_TIMEOUT);
+    if (now - a->last_register >= API_REGISTER_MS) {
+        a->last_register = now;
+        api_cluster_tick(a);
+    }
 }
 
 /* After each loop turn: serve the waiters whose index has been applied. */
@@ -1706,9 +1489,9 @@ static void api_check_cb(uv_check_t *c)
         if (op->min_index <= applied) {
             struct http_request *req = op->req;
             op->req = NULL;
-            op_free(op);
+            api_op_free(op);
             if (req != NULL) {
-                redispatch(a, req,
+                api_redispatch(a, req,
                            ((unsigned)(uintptr_t)req->data & GATE_MASK) |
                                GATE_MIN_INDEX);
             }
@@ -1720,22 +1503,86 @@ static void api_check_cb(uv_check_t *c)
     }
 }
 
+void api_wake_min_waiters(struct api *a)
+{
+    uv_check_start(&a->check, api_check_cb);
+}
+
 /* --- Life cycle ------------------------------------------------------- */
+
+static void api_free(struct api *a)
+{
+    unsigned i;
+
+    buf_free(&a->scratch);
+    free(a->admin_token);
+    free(a->cluster_secret);
+    for (i = 0; i < a->cfg.n_members; i++) {
+        free((char *)a->members[i].http_addr);
+    }
+    free(a->members);
+    free(a->strings);
+    free(a);
+}
+
+/* Copy a string of the config into a->strings-owned memory. */
+static const char *api_strdup(struct api *a, const char *s, int *failed)
+{
+    char *p;
+
+    if (s == NULL) {
+        return NULL;
+    }
+    p = strdup(s);
+    if (p == NULL) {
+        *failed = 1;
+        return NULL;
+    }
+    a->strings[a->n_strings++] = p;
+    return p;
+}
 
 int api_init(struct api **out, const struct api_config *cfg)
 {
     struct api *a = calloc(1, sizeof *a);
+    int failed = 0;
+    unsigned i;
 
     if (a == NULL) {
         return -1;
     }
     a->cfg = *cfg;
     a->admin_token = strdup(cfg->admin_token != NULL ? cfg->admin_token : "");
-    if (a->admin_token == NULL) {
-        free(a);
+    a->strings = calloc(8, sizeof *a->strings);
+    a->members = calloc(cfg->n_members + 1, sizeof *a->members);
+    if (a->admin_token == NULL || a->strings == NULL || a->members == NULL) {
+        a->cfg.n_members = 0;
+        api_free(a);
         return -1;
     }
     a->cfg.admin_token = a->admin_token;
+    if (cfg->cluster_secret != NULL) {
+        a->cluster_secret = strdup(cfg->cluster_secret);
+        failed |= a->cluster_secret == NULL;
+    }
+    a->cfg.cluster_secret = a->cluster_secret;
+    a->cfg.http_addr = api_strdup(a, cfg->http_addr, &failed);
+    a->cfg.raft_addr = api_strdup(a, cfg->raft_addr, &failed);
+    a->cfg.region = api_strdup(a, cfg->region != NULL ? cfg->region : "local",
+                               &failed);
+    a->cfg.join_addr = api_strdup(a, cfg->join_addr, &failed);
+    a->cfg.n_members = 0;
+    for (i = 0; i < cfg->n_members && !failed; i++) {
+        a->members[i].id = cfg->members[i].id;
+        a->members[i].http_addr = strdup(cfg->members[i].http_addr);
+        failed |= a->members[i].http_addr == NULL;
+        a->cfg.n_members = i + 1;
+    }
+    a->cfg.members = a->members;
+    if (failed || (cfg->consensus != NULL && api_cluster_init(a) != 0)) {
+        api_free(a);
+        return -1;
+    }
     if (a->cfg.write_timeout_ms == 0) {
         a->cfg.write_timeout_ms = 10000;
     }
@@ -1770,24 +1617,39 @@ static void api_handle_closed(uv_handle_t *h)
     struct api *a = h->data;
 
     if (--a->open_handles == 0) {
-        buf_free(&a->scratch);
-        free(a->admin_token);
-        free(a);
+        api_free(a);
+    }
+}
+
+static void api_client_closed(void *data)
+{
+    struct api *a = data;
+
+    a->client = NULL;
+    if (--a->open_handles == 0) {
+        api_free(a);
     }
 }
 
 void api_close(struct api *a)
 {
+    a->closing = 1;
+    a->freeing = 1;
+    /* Closing the client completes forwarded requests and read-index
+     * waiters (ECANCELED → 503) before its callback. */
+    if (a->client != NULL) {
+        a->open_handles++;
+        client_close(a->client, api_client_closed, a);
+    }
     /* Min-index waiters have no callback to wait for: answer them now. */
     while (a->mins.head != NULL) {
         struct api_op *op = a->mins.head;
         if (op->req != NULL) {
-            respond_error(a, op->req, AE_SHUTTING_DOWN, NULL);
+            api_respond_error(a, op->req, AE_SHUTTING_DOWN, NULL);
             op->req = NULL;
         }
-        op_free(op);
+        api_op_free(op);
     }
-    a->freeing = 1;
     uv_close((uv_handle_t *)&a->timer, api_handle_closed);
     uv_close((uv_handle_t *)&a->check, api_handle_closed);
 }

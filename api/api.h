@@ -16,6 +16,14 @@
 #include "../storage/storage.h"
 #include "http.h"
 
+/* A member of the --cluster spec: where its API answers before the
+ * replicated directory knows it. */
+struct api_member
+{
+    uint64_t id;           /* raft id */
+    const char *http_addr; /* host:port */
+};
+
 struct api_config
 {
     uv_loop_t *loop;             /* the node's loop */
@@ -25,6 +33,13 @@ struct api_config
     const char *admin_token;     /* bearer token of the admin routes */
     uint64_t write_timeout_ms;   /* proposal → 504 outcome_unknown, default 10000 */
     uint64_t read_timeout_ms;    /* wait for X-Context-Min-Index / barrier, default 5000 */
+    const char *cluster_secret;  /* internal calls; NULL: internal routes refuse all */
+    const char *http_addr;       /* this node's API address (directory entry) */
+    const char *raft_addr;       /* this node's Raft address (joining) */
+    const char *region;          /* this node's region (directory entry) */
+    const char *join_addr;       /* --join: member to ask, NULL when none */
+    const struct api_member *members; /* --cluster spec (copied) */
+    unsigned n_members;
 };
 
 struct api; /* opaque */

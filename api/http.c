@@ -290,6 +290,44 @@ static void request_free(struct http_request *req)
     free(req);
 }
 
+int http_request_set_target(struct http_request *req, const char *method,
+                            const char *url, size_t url_len)
+{
+    size_t method_len = strlen(method);
+    int m = -1;
+    char *block;
+    int i;
+
+    /* http-parser names its methods; find ours among them. */
+    for (i = 0; i < 64; i++) {
+        const char *name = http_method_str((enum http_method)i);
+        if (strcmp(name, "<unknown>") == 0) {
+            break;
+        }
+        if (strcmp(name, method) == 0) {
+            m = i;
+            break;
+        }
+    }
+    if (m < 0 || url_len == 0 || memchr(url, '\0', url_len) != NULL) {
+        return -1;
+    }
+    /* url and method name share one allocation: "url\0method\0". */
+    block = malloc(url_len + method_len + 2);
+    if (block == NULL) {
+        return -1;
+    }
+    memcpy(block, url, url_len);
+    block[url_len] = '\0';
+    memcpy(block + url_len + 1, method, method_len + 1);
+    free(req->url);
+    req->url = block;
+    req->url_len = url_len;
+    req->method = m;
+    req->method_name = block + url_len + 1;
+    return 0;
+}
+
 const struct http_header *http_request_header(const struct http_request *req,
                                               const char *name)
 {

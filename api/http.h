@@ -79,6 +79,12 @@ struct http_request
 
 typedef void (*http_handler_fn)(void *ctx, struct http_request *req);
 
+/* Replace the method and target of a request (a forwarded request carries
+ * the original ones in headers). Returns 0, or -1 on out of memory or an
+ * unknown method (the request is unchanged then). */
+int http_request_set_target(struct http_request *req, const char *method,
+                            const char *url, size_t url_len);
+
 /* Look up a request header by lower-case name; NULL when absent. The first
  * occurrence wins. */
 const struct http_header *http_request_header(const struct http_request *req,

@@ -360,19 +360,19 @@ static int scan_scalar(struct scanner *s, enum json_type *type)
 
     switch (c) {
         case '"':
-            *type = JSON_STRING;
+            *type = JSON_T_STRING;
             return scan_string(s, NULL);
         case 't':
-            *type = JSON_TRUE;
+            *type = JSON_T_TRUE;
             return scan_literal(s, "true");
         case 'f':
-            *type = JSON_FALSE;
+            *type = JSON_T_FALSE;
             return scan_literal(s, "false");
         case 'n':
-            *type = JSON_NULL;
+            *type = JSON_T_NULL;
             return scan_literal(s, "null");
         default:
-            *type = JSON_NUMBER;
+            *type = JSON_T_NUMBER;
             return scan_number(s);
     }
 }
@@ -414,8 +414,8 @@ static int scan_value(struct scanner *s, unsigned max_depth,
         return JSON_ESYNTAX;
     }
     switch (s->p[s->pos]) {
-        case '{': *type = JSON_OBJECT; break;
-        case '[': *type = JSON_ARRAY; break;
+        case '{': *type = JSON_T_OBJECT; break;
+        case '[': *type = JSON_T_ARRAY; break;
         default: return scan_scalar(s, type);
     }
     for (;;) {
@@ -500,7 +500,7 @@ int json_validate(const char *text, size_t len, unsigned max_depth,
                   size_t *start, size_t *end, enum json_type *type)
 {
     struct scanner s = {(const unsigned char *)text, len, 0};
-    enum json_type t = JSON_NULL;
+    enum json_type t = JSON_T_NULL;
     size_t value_start;
     int rv;
 
@@ -626,7 +626,7 @@ int json_object_members(const char *text, size_t len, unsigned max_depth,
     if (rv != JSON_OK) {
         return rv;
     }
-    if (type != JSON_OBJECT) {
+    if (type != JSON_T_OBJECT) {
         return JSON_ETYPE;
     }
     /* The text is valid: walk the top-level members again, scanning each

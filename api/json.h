@@ -34,13 +34,13 @@ enum json_status {
 const char *json_strerror(int status);
 
 enum json_type {
-    JSON_NULL,
-    JSON_FALSE,
-    JSON_TRUE,
-    JSON_NUMBER,
-    JSON_STRING,
-    JSON_ARRAY,
-    JSON_OBJECT,
+    JSON_T_NULL,
+    JSON_T_FALSE,
+    JSON_T_TRUE,
+    JSON_T_NUMBER,
+    JSON_T_STRING,
+    JSON_T_ARRAY,
+    JSON_T_OBJECT,
 };
 
 /* Validate that text[0..len) is exactly one JSON value, optionally

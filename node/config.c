@@ -37,6 +37,13 @@ static const struct opt opts[] = {
     STR(region, "region", "CTXD_REGION", "local", "region (zone) of this node"),
     STR(cluster, "cluster", "CTXD_CLUSTER", NULL,
         "initial members 1=RAFT@HTTP,2=RAFT@HTTP,... (default: this node alone)"),
+    STR(join, "join", "CTXD_JOIN", NULL,
+        "HTTP address of a member to ask for admission (new node, empty data dir)"),
+    STR(cluster_secret_file, "cluster-secret-file", "CTXD_CLUSTER_SECRET_FILE",
+        NULL,
+        "file holding the secret of internal calls between nodes "
+        "(CTXD_CLUSTER_SECRET gives the secret itself; required with more "
+        "than one node)"),
     STR(admin_token_file, "admin-token-file", "CTXD_ADMIN_TOKEN_FILE", NULL,
         "file holding the admin token (CTXD_ADMIN_TOKEN gives the token itself; "
         "default: generated into DATA_DIR/admin.token)"),
@@ -95,7 +102,8 @@ static void print_help(void)
         printf("\n");
     }
     printf("  --help\n      print this text\n\n"
-           "  CTXD_ADMIN_TOKEN=TOKEN sets the admin token itself.\n");
+           "  CTXD_ADMIN_TOKEN=TOKEN sets the admin token itself.\n"
+           "  CTXD_CLUSTER_SECRET=SECRET sets the cluster secret itself.\n");
 }
 
 static int set_opt(struct config *cfg, const struct opt *o, const char *v,

@@ -24,7 +24,9 @@ struct config
     char *raft_addr;              /* --raft-addr */
     char *region;                 /* --region */
     char *cluster;                /* --cluster spec, NULL: this node alone */
+    char *join;                   /* --join HTTP address of a member, NULL: none */
     char *admin_token_file;       /* --admin-token-file, NULL: generated */
+    char *cluster_secret_file;    /* --cluster-secret-file, NULL: none */
     char *log_level;              /* --log-level */
     uint64_t max_body_bytes;      /* --max-body-bytes */
     uint64_t max_header_bytes;    /* --max-header-bytes */

@@ -38,6 +38,8 @@ struct node
     uv_loop_t *loop;             /* the one loop */
     int lock_fd;                 /* DATA_DIR/LOCK, held with flock */
     char admin_token[TOKEN_MAX]; /* the bearer token of admin routes */
+    char cluster_secret[TOKEN_MAX]; /* internal calls; "" when none */
+    struct api_member api_members[CONFIG_MAX_MEMBERS]; /* for the api */
     struct storage *storage;     /* the state machine (owned) */
     struct consensus *consensus; /* raft (owned) */
     struct api *api;             /* routes (owned) */
@@ -174,6 +176,38 @@ static int load_admin_token(struct node *n)
     return 0;
 }
 
+/* The cluster secret: --cluster-secret-file, else CTXD_CLUSTER_SECRET.
+ * Required when the cluster has (or will have) more than one node. */
+static int load_cluster_secret(struct node *n)
+{
+    const char *env = getenv("CTXD_CLUSTER_SECRET");
+    int needed = n->cfg.n_members > 1 || n->cfg.join != NULL;
+
+    if (n->cfg.cluster_secret_file != NULL) {
+        if (read_token_file(n->cfg.cluster_secret_file, n->cluster_secret,
+                            sizeof n->cluster_secret) != 0) {
+            LOGE("cannot read cluster secret file", " path=\"%s\"",
+                 n->cfg.cluster_secret_file);
+            return -1;
+        }
+    } else if (env != NULL && env[0] != '\0') {
+        if (strlen(env) >= sizeof n->cluster_secret) {
+            LOGE("CTXD_CLUSTER_SECRET is too long", NULL);
+            return -1;
+        }
+        strcpy(n->cluster_secret, env);
+    }
+    if (needed && n->cluster_secret[0] == '\0') {
+        LOGE("a cluster secret is required with more than one node: give "
+             "--cluster-secret-file or CTXD_CLUSTER_SECRET", NULL);
+        fprintf(stderr, "ctxd: a cluster secret is required with more than "
+                        "one node (--cluster-secret-file or "
+                        "CTXD_CLUSTER_SECRET)\n");
+        return -2;
+    }
+    return 0;
+}
+
 /* --- Shutdown chain --------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -244,6 +278,9 @@ static int start(struct node *n)
     if (lock_data_dir(n) != 0 || load_admin_token(n) != 0) {
         return -1;
     }
+    if ((rv = load_cluster_secret(n)) != 0) {
+        return rv;
+    }
     snprintf(raft_dir, sizeof raft_dir, "%s/raft", n->cfg.data_dir);
     if (mkdir_p(raft_dir, 0700) != 0) {
         LOGE("cannot create raft dir", " dir=\"%s\" error=\"%s\"", raft_dir,
@@ -273,6 +310,7 @@ static int start(struct node *n)
     cc.snapshot_trailing = (unsigned)n->cfg.snapshot_trailing;
     cc.max_pending = (unsigned)n->cfg.max_pending;
     cc.purge_interval_ms = (unsigned)n->cfg.purge_interval_ms;
+    cc.join = n->cfg.join != NULL;
     rv = consensus_start(&n->consensus, &cc, errmsg, sizeof errmsg);
     if (rv != 0) {
         LOGE("cannot start raft", " error=\"%s\"", errmsg);
@@ -287,6 +325,17 @@ static int start(struct node *n)
     ac.admin_token = n->admin_token;
     ac.write_timeout_ms = n->cfg.write_timeout_ms;
     ac.read_timeout_ms = n->cfg.read_timeout_ms;
+    ac.cluster_secret = n->cluster_secret[0] != '\0' ? n->cluster_secret : NULL;
+    ac.http_addr = n->cfg.http_addr;
+    ac.raft_addr = n->cfg.raft_addr;
+    ac.region = n->cfg.region;
+    ac.join_addr = n->cfg.join;
+    for (i = 0; i < n->cfg.n_members; i++) {
+        n->api_members[i].id = n->cfg.members[i].id;
+        n->api_members[i].http_addr = n->cfg.members[i].http_addr;
+    }
+    ac.members = n->api_members;
+    ac.n_members = n->cfg.n_members;
     if (api_init(&n->api, &ac) != 0) {
         LOGE("out of memory", NULL);
         return -1;
@@ -364,8 +413,9 @@ int main(int argc, char **argv)
     rv = start(n);
     if (rv == 0) {
         uv_run(n->loop, UV_RUN_DEFAULT);
-    } else if (n->consensus != NULL || n->http != NULL) {
-        /* Partial start: unwind what is running, then exit non-zero. */
+    } else {
+        /* Partial start: unwind what is running (closes finish on the
+         * loop), then exit non-zero. */
         if (n->http != NULL) {
             http_server_stop(n->http, NULL, NULL);
         }
@@ -385,9 +435,10 @@ int main(int argc, char **argv)
         close(n->lock_fd);
     }
     memset(n->admin_token, 0, sizeof n->admin_token);
+    memset(n->cluster_secret, 0, sizeof n->cluster_secret);
     if (rv == 0) {
         LOGI("stopped", NULL);
     }
     config_free(&n->cfg);
-    return rv == 0 ? 0 : 1;
+    return rv == 0 ? 0 : rv == -2 ? 2 : 1;
 }
