@@ -179,14 +179,14 @@ static void the_value_span_is_returned_byte_for_byte(void **state)
         const char *value;    /* expected exact span */
         enum json_type type;  /* expected type */
     } cases[] = {
-        {"1.1", "1.1", JSON_NUMBER},
-        {" 12345678901234567890 ", "12345678901234567890", JSON_NUMBER},
-        {"\"\\u00e9\"", "\"\\u00e9\"", JSON_STRING},
-        {"\n{ \"a\" : [ 1 ,2 ] }\t", "{ \"a\" : [ 1 ,2 ] }", JSON_OBJECT},
-        {"[ ]", "[ ]", JSON_ARRAY},
-        {" true", "true", JSON_TRUE},
-        {"false ", "false", JSON_FALSE},
-        {"null", "null", JSON_NULL},
+        {"1.1", "1.1", JSON_T_NUMBER},
+        {" 12345678901234567890 ", "12345678901234567890", JSON_T_NUMBER},
+        {"\"\\u00e9\"", "\"\\u00e9\"", JSON_T_STRING},
+        {"\n{ \"a\" : [ 1 ,2 ] }\t", "{ \"a\" : [ 1 ,2 ] }", JSON_T_OBJECT},
+        {"[ ]", "[ ]", JSON_T_ARRAY},
+        {" true", "true", JSON_T_TRUE},
+        {"false ", "false", JSON_T_FALSE},
+        {"null", "null", JSON_T_NULL},
     };
     size_t i;
 
@@ -194,7 +194,7 @@ static void the_value_span_is_returned_byte_for_byte(void **state)
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t start = 99;
         size_t end = 99;
-        enum json_type type = JSON_NULL;
+        enum json_type type = JSON_T_NULL;
         size_t len = strlen(cases[i].text);
 
         assert_int_equal(validate_exact(cases[i].text, len, &start, &end,
@@ -336,16 +336,16 @@ static void members_are_listed_in_order_with_exact_values(void **state)
     assert_string_equal(m[0].name, "a");
     assert_int_equal(m[0].value_len, 3);
     assert_memory_equal(m[0].value, "1.1", 3);
-    assert_int_equal(m[0].type, JSON_NUMBER);
+    assert_int_equal(m[0].type, JSON_T_NUMBER);
     assert_string_equal(m[1].name, "bc");
     assert_int_equal(m[1].name_len, 2);
     assert_int_equal(m[1].value_len, strlen("{ \"x\" : [ 1 , 2 ] }"));
     assert_memory_equal(m[1].value, "{ \"x\" : [ 1 , 2 ] }", m[1].value_len);
-    assert_int_equal(m[1].type, JSON_OBJECT);
-    assert_int_equal(m[2].type, JSON_NULL);
+    assert_int_equal(m[1].type, JSON_T_OBJECT);
+    assert_int_equal(m[2].type, JSON_T_NULL);
     assert_int_equal(m[3].value_len, 8);
     assert_memory_equal(m[3].value, "\"\\u00e9\"", 8);
-    assert_int_equal(m[3].type, JSON_STRING);
+    assert_int_equal(m[3].type, JSON_T_STRING);
     json_members_free(m, n);
 }
 
