@@ -159,7 +159,7 @@ struct consensus
                                         next check */
     struct consensus_seen seen[CONSENSUS_SEEN_MAX]; /* leader's contacts */
 
-    uint64_t elections;              /* transitions into candidate seen */
+    uint64_t elections;              /* terms this node campaigned in */
     uint64_t leader_changes;         /* changes to a new non-zero leader id */
     uint64_t barriers;               /* raft_barrier calls issued */
     uint64_t barrier_reads;          /* reads those barriers served */
@@ -170,6 +170,7 @@ struct consensus
     int purge_busy;                  /* 1 while purge_req is pending */
 
     int last_state;                  /* raft_state seen at the last poll */
+    uint64_t last_term;              /* raft term seen at the last poll */
     uint64_t last_leader;            /* leader id seen at the last poll */
 
     int closing;                     /* close started: refuse new work */
@@ -877,13 +878,19 @@ static void consensus_poll_state(struct consensus *c)
     const char *addr = NULL;
 
     raft_leader(&c->raft, &leader, &addr);
+    /* An election this node started shows as a new term in which it voted
+     * for itself: a lone voter goes from follower to leader within one
+     * libraft call, never showing the candidate state to a poll. */
+    if (c->raft.current_term != c->last_term) {
+        if (c->raft.voted_for == c->raft.id) {
+            c->elections++;
+        }
+        c->last_term = c->raft.current_term;
+    }
     if (state != c->last_state) {
         LOGI("raft role changed", " from=%s to=%s term=%llu",
              consensus_state_name(c->last_state), consensus_state_name(state),
              (unsigned long long)c->raft.current_term);
-        if (state == RAFT_CANDIDATE) {
-            c->elections++;
-        }
         if (state == RAFT_LEADER) {
             /* A new term: forget contacts seen under an earlier one. */
             memset(c->seen, 0, sizeof c->seen);
@@ -1207,6 +1214,12 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         snprintf(errmsg, errmsg_len, "raft start: %s", raft_errmsg(&c->raft));
         rv = consensus_map_start(rv);
         goto err_after_raft_init;
+    }
+    /* Elections from earlier runs are not this run's; raft_start may have
+     * just elected a lone voter, which is. */
+    c->last_term = c->raft.current_term;
+    if (raft_state(&c->raft) != RAFT_FOLLOWER) {
+        c->elections++;
     }
     uv_check_start(&c->check, consensus_check_cb);
     uv_timer_start(&c->purge_timer, consensus_purge_timer_cb,

@@ -29,6 +29,7 @@
 #define WATCHDOG_MS 15000 /* ms before a run is declared stuck */
 #define POLL_MS 2         /* ms between predicate checks */
 #define MAX_PROPS 64      /* proposals one test tracks */
+#define MAX_CHANGES 8     /* membership changes one test tracks */
 
 struct fixture;
 typedef int (*fixture_pred)(struct fixture *f);
@@ -57,6 +58,13 @@ struct fixture
     int read_status[MAX_PROPS];     /* status per read */
     int n_reads_done;               /* read callbacks so far */
     int chain_left;                 /* proposals still to chain (restart) */
+    struct consensus *c2;           /* second node (membership), or NULL */
+    struct storage *storage2;       /* its state machine */
+    char dir2[96];                  /* its raft data dir */
+    char addr2[32];                 /* its raft address */
+    struct consensus_change changes[MAX_CHANGES]; /* membership requests */
+    int change_calls[MAX_CHANGES];  /* callback count per change */
+    int change_status[MAX_CHANGES]; /* status per change */
 };
 
 /* --- Fixture ------------------------------------------------------------ */
@@ -193,10 +201,15 @@ static void remove_dir(const char *dir)
     rmdir(dir);
 }
 
+static void node2_stop(struct fixture *f);
+
 static int teardown(void **state)
 {
     struct fixture *f = *state;
 
+    if (f->c2 != NULL || f->storage2 != NULL) {
+        node2_stop(f);
+    }
     node_stop(f);
     uv_close((uv_handle_t *)&f->poll, NULL);
     uv_close((uv_handle_t *)&f->watchdog, NULL);
@@ -791,6 +804,253 @@ static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
     the_cluster = NULL;
 }
 
+/* --- Membership ---------------------------------------------------------- */
+
+static void change_cb(struct consensus_change *req, int status)
+{
+    struct fixture *f = req->data;
+    int i = (int)(req - f->changes);
+
+    f->change_calls[i]++;
+    f->change_status[i] = status;
+}
+
+static struct consensus_change *change(struct fixture *f, int i)
+{
+    f->changes[i].data = f;
+    f->changes[i].cb = change_cb;
+    return &f->changes[i];
+}
+
+static int pred_change0(struct fixture *f) { return f->change_calls[0] > 0; }
+static int pred_change1(struct fixture *f) { return f->change_calls[1] > 0; }
+static int pred_change2(struct fixture *f) { return f->change_calls[2] > 0; }
+
+/* Node 2 has applied everything node 1 has, and all proposals are done. */
+static int pred_pair_caught_up(struct fixture *f)
+{
+    return pred_all_done(f) &&
+           storage_applied_index(f->storage2) ==
+               storage_applied_index(f->storage) &&
+           storage_applied_index(f->storage) > 0;
+}
+
+static int pred_peer_reachable(struct fixture *f)
+{
+    struct consensus_server out[4];
+    unsigned n = 0;
+    unsigned i;
+
+    assert_int_equal(consensus_servers(f->c, out, 4, &n), 0);
+    for (i = 0; i < n && i < 4; i++) {
+        if (out[i].id == 2) {
+            return out[i].reachable == 1 && out[i].role == CONSENSUS_VOTER;
+        }
+    }
+    return 0;
+}
+
+static int pred_node2_leads(struct fixture *f)
+{
+    struct consensus_info info;
+
+    consensus_info(f->c2, &info);
+    return info.is_leader;
+}
+
+static int pred_node1_leads_alone(struct fixture *f)
+{
+    struct consensus_server out[4];
+    unsigned n = 0;
+    struct consensus_info info;
+
+    consensus_info(f->c, &info);
+    if (!info.is_leader) {
+        return 0;
+    }
+    assert_int_equal(consensus_servers(f->c, out, 4, &n), 0);
+    return n == 1;
+}
+
+static int pred_node2_closed(struct fixture *f)
+{
+    return f->c2 == NULL;
+}
+
+static void node2_closed_cb(void *data)
+{
+    struct fixture *f = data;
+
+    f->c2 = NULL;
+}
+
+/* The add of change 0 is committed: node 2 is in the configuration. */
+static int pred_add_committed(struct fixture *f)
+{
+    return f->changes[0].step >= 1 || f->change_calls[0] > 0;
+}
+
+/* Start node 2 with join = 1: an empty log, waiting to be added. */
+static void node2_start(struct fixture *f)
+{
+    struct consensus_config cfg = f->cfg;
+    char errmsg[256];
+
+    snprintf(f->dir2, sizeof f->dir2, "%s/n2", f->dir);
+    if (f->addr2[0] == '\0') {
+        free_port_addr(f->addr2, sizeof f->addr2);
+    }
+    assert_int_equal(storage_open(&f->storage2), 0);
+    cfg.loop = &f->loop;
+    cfg.storage = f->storage2;
+    cfg.id = 2;
+    cfg.raft_addr = f->addr2;
+    cfg.data_dir = f->dir2;
+    cfg.join = 1;
+    if (consensus_start(&f->c2, &cfg, errmsg, sizeof errmsg) != 0) {
+        fail_msg("consensus_start: %s", errmsg);
+    }
+}
+
+static void node2_stop(struct fixture *f)
+{
+    if (f->c2 != NULL) {
+        consensus_close(f->c2, node2_closed_cb, f);
+        run_until(f, pred_node2_closed);
+    }
+    if (f->storage2 != NULL) {
+        storage_close(f->storage2);
+        f->storage2 = NULL;
+    }
+}
+
+static void a_joining_node_is_added_given_leadership_and_removed(void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_server out[4];
+    struct consensus_info info;
+    uint8_t d1[32];
+    uint8_t d2[32];
+    unsigned n = 0;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    node2_start(f);
+    consensus_info(f->c2, &info);
+    assert_false(info.is_leader);
+    assert_int_equal(info.last_index, 0);
+    assert_int_equal(consensus_servers(f->c2, out, 4, &n), 0);
+    assert_int_equal(n, 0);
+
+    /* Only the leader changes membership, one change at a time. */
+    assert_int_equal(consensus_add_server(f->c2, change(f, 7), 3, "x:1"),
+                     CONSENSUS_ENOTLEADER);
+    assert_int_equal(consensus_add_server(f->c, change(f, 0), 2, f->addr2),
+                     CONSENSUS_OK);
+    assert_int_equal(consensus_add_server(f->c, change(f, 7), 3, "x:1"),
+                     CONSENSUS_ECHANGING);
+    run_until(f, pred_change0);
+    assert_int_equal(f->change_calls[0], 1);
+    assert_int_equal(f->change_status[0], CONSENSUS_OK);
+    assert_int_equal(f->changes[0].id, 2);
+    assert_int_equal(f->change_calls[7], 0);
+
+    /* Both vote; the leader hears from node 2. */
+    run_until(f, pred_peer_reachable);
+    assert_int_equal(consensus_servers(f->c, out, 4, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[0].id, 1);
+    assert_int_equal(out[0].role, CONSENSUS_VOTER);
+    assert_int_equal(out[0].reachable, 1);
+    assert_string_equal(out[1].raft_addr, f->addr2);
+    assert_int_equal(out[1].role, CONSENSUS_VOTER);
+    assert_int_equal(consensus_servers(f->c2, out, 4, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[0].reachable, 1); /* the leader it follows */
+    assert_int_equal(out[1].reachable, 1); /* itself */
+    assert_int_equal(out[0].match_index, 0);
+
+    /* The id or the address taken: EEXIST. */
+    assert_int_equal(consensus_add_server(f->c, change(f, 7), 2, f->addr2),
+                     CONSENSUS_EEXIST);
+    assert_int_equal(consensus_add_server(f->c, change(f, 7), 3, f->addr2),
+                     CONSENSUS_EEXIST);
+    assert_int_equal(consensus_remove_server(f->c, change(f, 7), 9),
+                     CONSENSUS_ENOTFOUND);
+
+    /* Node 2 applies what the cluster commits. */
+    propose_ns(f, 1, "ns2", -1);
+    run_until(f, pred_pair_caught_up);
+    assert_int_equal(f->prop_status[1], CONSENSUS_OK);
+    assert_int_equal(storage_digest(f->storage, d1), 0);
+    assert_int_equal(storage_digest(f->storage2, d2), 0);
+    assert_memory_equal(d1, d2, 32);
+
+    /* Hand leadership to node 2. */
+    assert_int_equal(consensus_transfer(f->c, change(f, 1), 2), CONSENSUS_OK);
+    run_until(f, pred_change1);
+    assert_int_equal(f->change_status[1], CONSENSUS_OK);
+    run_until(f, pred_node2_leads);
+    consensus_info(f->c2, &info);
+    assert_int_equal(info.leader_id, 2);
+    assert_true(info.elections >= 1);
+    assert_true(info.leader_changes >= 2);
+    consensus_info(f->c, &info);
+    assert_false(info.is_leader);
+    assert_int_equal(info.entries, 2);
+    assert_int_equal(info.commands, 2);
+
+    /* Node 2 removes itself: it steps down, node 1 leads alone. */
+    assert_int_equal(consensus_remove_server(f->c2, change(f, 2), 2),
+                     CONSENSUS_OK);
+    run_until(f, pred_change2);
+    assert_int_equal(f->change_status[2], CONSENSUS_OK);
+    run_until(f, pred_node1_leads_alone);
+    propose_ns(f, 3, "ns3", -1);
+    run_until(f, pred_all_done);
+    assert_int_equal(f->prop_status[3], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[3].status, STORAGE_OK);
+
+    node2_stop(f);
+    assert_int_equal(f->change_calls[7], 0);
+}
+
+static void a_server_left_a_non_voter_is_promoted_by_adding_it_again(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_server out[4];
+    unsigned n = 0;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    /* Node 2 is not running yet: it joins the configuration as a spare but
+     * cannot catch up, and closing the leader fails the change once. */
+    free_port_addr(f->addr2, sizeof f->addr2);
+    assert_int_equal(consensus_add_server(f->c, change(f, 0), 2, f->addr2),
+                     CONSENSUS_OK);
+    run_until(f, pred_add_committed);
+    node_stop(f);
+    assert_int_equal(f->change_calls[0], 1);
+    assert_int_equal(f->change_status[0], CONSENSUS_ESHUTDOWN);
+
+    /* Restarted, node 1 finds 2 as a spare; adding it again promotes it. */
+    node_start(f);
+    run_until(f, pred_leader);
+    assert_int_equal(consensus_servers(f->c, out, 4, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[1].role, CONSENSUS_SPARE);
+    node2_start(f);
+    assert_int_equal(consensus_add_server(f->c, change(f, 1), 2, f->addr2),
+                     CONSENSUS_OK);
+    run_until(f, pred_change1);
+    assert_int_equal(f->change_status[1], CONSENSUS_OK);
+    run_until(f, pred_peer_reachable);
+    node2_stop(f);
+}
+
 /* --- consensus_close -------------------------------------------------------- */
 
 static void closing_fails_pending_requests_once_and_refuses_new_ones(
@@ -918,6 +1178,12 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(the_leader_purges_an_expired_property,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_joining_node_is_added_given_leadership_and_removed, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            a_server_left_a_non_voter_is_promoted_by_adding_it_again, setup,
+            teardown),
         cmocka_unit_test(every_status_has_a_message),
     };
 
