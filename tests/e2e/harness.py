@@ -655,3 +655,251 @@ class NodeTestCase(unittest.TestCase):
         self.assertTrue(doc.get("message"), "empty message in %r" % (resp,))
         self.assertTrue(resp.headers.get("content-type", "").startswith(
             "application/json"), "error content type in %r" % (resp,))
+
+
+# -- region clusters (used by tests/e2e/test_cluster*.py) ---------------------
+
+CLUSTER_READY_BUDGET = 30.0   # seconds for a whole cluster to become ready
+CONVERGE_BUDGET = 10.0        # seconds for replicas to reach one digest
+
+
+def get_json(client, path, **kw):
+    """GET path with client; return the decoded JSON of a 200 answer, else None.
+    Connection errors also give None (the node may be down or restarting)."""
+    try:
+        r = client.get(path, **kw)
+    except (OSError, http.client.HTTPException):
+        return None
+    if r.status != 200:
+        return None
+    try:
+        return r.json()
+    except ValueError:
+        return None
+
+
+class Cluster:
+    """N ctxd nodes of one region cluster, each a `Node` with its own
+    directory and ports, sharing an admin token file and a cluster secret file
+    kept in the cluster's own temporary directory.
+
+    Node i (1-based) has id i and region regions[(i-1) % len(regions)]; the
+    static `--cluster` spec lists every initial member. `extra` args go to
+    every node. Nodes added later (`add_joining`) start with `--join`.
+    Invariant: `cleanup()` kills every node it made and removes every
+    directory."""
+
+    def __init__(self, n=3, regions=("z1", "z2", "z3"), extra=None):
+        self.tmp = tempfile.mkdtemp(prefix="ctxd-e2e-cluster-")
+        self.token = "e2e-admin-" + os.urandom(16).hex()
+        self.secret = "e2e-secret-" + os.urandom(16).hex()
+        self.token_file = os.path.join(self.tmp, "admin.token")
+        self.secret_file = os.path.join(self.tmp, "cluster.secret")
+        for path, text in ((self.token_file, self.token),
+                           (self.secret_file, self.secret)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, (text + "\n").encode())
+            finally:
+                os.close(fd)
+        self.extra = list(extra or [])
+        self.regions = list(regions)
+        self.nodes = [Node(node_id=i) for i in range(1, n + 1)]
+        self.spec = ",".join("%d=127.0.0.1:%d@127.0.0.1:%d"
+                             % (x.node_id, x.raft_port, x.http_port)
+                             for x in self.nodes)
+        for x in self.nodes:
+            x.region = self.region_of(x.node_id)
+            x.args = self.common_args(x) + ["--cluster", self.spec]
+        self._admins = []
+
+    def region_of(self, node_id):
+        return self.regions[(node_id - 1) % len(self.regions)]
+
+    def common_args(self, node):
+        return ["--region", node.region, "--admin-token-file", self.token_file,
+                "--cluster-secret-file", self.secret_file] + self.extra
+
+    # -- process control ---------------------------------------------------
+
+    def start(self, budget=CLUSTER_READY_BUDGET):
+        """Start every node at once (a quorum is needed to elect a leader),
+        then wait until each one's /readyz is 200."""
+        for x in self.nodes:
+            x.start(wait=False)
+        for x in self.nodes:
+            x.wait_ready(budget)
+        return self
+
+    def add_joining(self, node_id, join_via, region=None, extra=None, wait=True):
+        """A new node with an empty data dir that joins through join_via."""
+        x = Node(node_id=node_id)
+        x.region = region or self.region_of(node_id)
+        x.args = (self.common_args(x) + list(extra or [])
+                  + ["--join", "127.0.0.1:%d" % join_via.http_port])
+        self.nodes.append(x)
+        x.start(wait=wait, extra_args=None)
+        return x
+
+    def node(self, node_id):
+        for x in self.nodes:
+            if x.node_id == node_id:
+                return x
+        raise KeyError(node_id)
+
+    def running(self):
+        return [x for x in self.nodes if x.running()]
+
+    def cleanup(self):
+        for a in self._admins:
+            a.close()
+        try:
+            for x in self.nodes:
+                x.cleanup()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- clients -------------------------------------------------------------
+
+    def admin(self, node):
+        """An Admin client of node with the cluster's token (closed by
+        cleanup())."""
+        a = Admin(node.http_port, self.token)
+        self._admins.append(a)
+        return a
+
+    def view(self, node):
+        """node's GET /admin/v1/cluster document, or None."""
+        a = Admin(node.http_port, self.token, timeout=3.0)
+        try:
+            return get_json(a, "/admin/v1/cluster")
+        finally:
+            a.close()
+
+    def digest(self, node):
+        """node's GET /admin/v1/digest document, or None."""
+        a = Admin(node.http_port, self.token, timeout=3.0)
+        try:
+            return get_json(a, "/admin/v1/digest")
+        finally:
+            a.close()
+
+    def wait_leader(self, budget=CLUSTER_READY_BUDGET, among=None):
+        """Poll /admin/v1/cluster on the running nodes (or `among`) until all
+        name the same leader, which is one of them; return that Node."""
+        deadline = time.monotonic() + budget
+        last = None
+        for _ in range(int(budget / 0.1) + 1):
+            nodes = among if among is not None else self.running()
+            views = [self.view(x) for x in nodes]
+            last = views
+            ids = {v.get("leader") if isinstance(v, dict) else None for v in views}
+            if len(ids) == 1:
+                lid = ids.pop()
+                for x in nodes:
+                    if x.node_id == lid:
+                        return x
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise AssertionError("no agreed leader within %.0f s; views: %r" % (budget, last))
+
+    def followers(self, leader):
+        return [x for x in self.running() if x is not leader]
+
+    def wait_applied(self, index, nodes=None, budget=CONVERGE_BUDGET):
+        """Wait until every node (running ones by default) has applied index."""
+        deadline = time.monotonic() + budget
+        last = None
+        for _ in range(int(budget / 0.05) + 1):
+            docs = [self.digest(x) for x in (nodes or self.running())]
+            last = docs
+            if all(isinstance(d, dict) and isinstance(d.get("index"), int)
+                   and d["index"] >= index for d in docs):
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        raise AssertionError("index %d not applied everywhere within %.0f s: %r"
+                             % (index, budget, last))
+
+    def wait_converged(self, nodes=None, budget=CONVERGE_BUDGET):
+        """Poll /admin/v1/digest on every node (running ones by default) until
+        all report the same index and SHA-256; return (index, sha256)."""
+        deadline = time.monotonic() + budget
+        last = None
+        for _ in range(int(budget / 0.1) + 1):
+            docs = [self.digest(x) for x in (nodes or self.running())]
+            last = docs
+            if all(isinstance(d, dict) for d in docs):
+                pairs = {(d.get("index"), d.get("sha256")) for d in docs}
+                if len(pairs) == 1:
+                    return pairs.pop()
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise AssertionError("replicas not converged within %.0f s: %r" % (budget, last))
+
+
+class ClusterTestCase(NodeTestCase):
+    """A test that starts its own region cluster (`start_cluster`). After the
+    test, every running node must reach the same digest at the same index,
+    then stop gracefully (exit 0, no sanitizer report)."""
+
+    ACCOUNT = "acme"
+
+    def run(self, result=None):
+        """Run the test; on failure print the log tail of every cluster node,
+        and only then remove the cluster's directories."""
+        if result is None:
+            result = self.defaultTestResult()
+        before = len(result.failures) + len(result.errors)
+        try:
+            out = unittest.TestCase.run(self, result)
+            if len(result.failures) + len(result.errors) > before:
+                for node in list(getattr(self, "nodes", [])):
+                    sys.stderr.write("\n%s: %s\n" % (self.id(), node.log_tail()))
+        finally:
+            if getattr(self, "cluster", None) is not None:
+                self.cluster.cleanup()
+        return out
+
+    def setUp(self):
+        self.nodes = []
+        self.cluster = None
+        self.key = None
+
+    def start_cluster(self, n=3, regions=("z1", "z2", "z3"), extra=None):
+        c = Cluster(n, regions, extra)
+        self.cluster = c         # cleaned up by run()
+        self.nodes = c.nodes     # the same list: joined nodes show up too
+        self.cluster_started = False
+        c.start()
+        leader = c.wait_leader()
+        r = c.admin(leader).put("/admin/v1/accounts/%s/key" % self.ACCOUNT, None)
+        if r.status != 201:
+            raise AssertionError("PUT key on the leader: %r" % (r,))
+        self.key = r.json()["apiKey"]
+        # The key must be applied on every node before it is used there.
+        idx = r.headers.get("x-context-index")
+        if idx is not None and idx.isdigit():
+            c.wait_applied(int(idx))
+        else:
+            c.wait_converged()
+        self.cluster_started = True
+        return c
+
+    def client(self, node, timeout=HTTP_TIMEOUT):
+        cl = node.client(self.key, timeout=timeout)
+        self.addCleanup(cl.close)
+        return cl
+
+    def tearDown(self):
+        c = self.cluster
+        if c is None or not getattr(self, "cluster_started", False):
+            return
+        running = c.running()
+        if running:
+            c.wait_converged(running)
+        for x in running:
+            x.stop()
