@@ -75,6 +75,8 @@ struct http_server
     int stopping;                /* http_server_stop was called */
     void (*stop_cb)(void *data); /* fires once every handle is closed */
     void *stop_data;             /* argument of stop_cb */
+    char *error_headers;         /* header lines added to the errors this
+                                    layer answers itself (owned), or NULL */
 };
 
 struct http_conn
@@ -685,6 +687,7 @@ static void server_maybe_finish(struct http_server *s)
         void (*cb)(void *) = s->stop_cb;
         void *data = s->stop_data;
 
+        free(s->error_headers);
         free(s);
         if (cb != NULL) {
             cb(data);
@@ -1094,7 +1097,7 @@ static void conn_fail(struct http_conn *c, int status)
     }
     c->tail = req;
     c->n_queued++;
-    http_respond_error(req, status, NULL, code, message);
+    http_respond_error(req, status, c->srv->error_headers, code, message);
 }
 
 /* 1 while another request may be parsed. */
@@ -1469,6 +1472,18 @@ int http_server_start(struct http_server **out, uv_loop_t *loop,
                   : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     s->n_handles = 1;
     *out = s;
+    return 0;
+}
+
+int http_server_set_error_headers(struct http_server *s, const char *lines)
+{
+    char *copy = strdup(lines);
+
+    if (copy == NULL) {
+        return -1;
+    }
+    free(s->error_headers);
+    s->error_headers = copy;
     return 0;
 }
 

@@ -97,6 +97,10 @@ int http_server_start(struct http_server **out, uv_loop_t *loop,
                       http_handler_fn handler, void *ctx, char *errmsg,
                       size_t errmsg_len);
 
+/* Header lines ("Name: value\r\n"...) added to the error responses this
+ * layer answers by itself (400, 413, 431). Copied. Returns 0 or -1. */
+int http_server_set_error_headers(struct http_server *s, const char *lines);
+
 /* The port actually bound (useful with port 0). */
 int http_server_port(const struct http_server *s);
 

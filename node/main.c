@@ -355,6 +355,12 @@ static int start(struct node *n)
         LOGE("cannot start http", " error=\"%s\"", errmsg);
         return -1;
     }
+    snprintf(errmsg, sizeof errmsg, "X-Context-Node: %llu\r\n",
+             (unsigned long long)n->cfg.id);
+    if (http_server_set_error_headers(n->http, errmsg) != 0) {
+        LOGE("out of memory", NULL);
+        return -1;
+    }
 
     uv_signal_init(n->loop, &n->sigint);
     uv_signal_init(n->loop, &n->sigterm);

@@ -348,7 +348,10 @@ class ApiErrors(NodeTestCase):
         self.addCleanup(raw.close)
         raw.send("GET %s HTTP/1.1\r\nHost: x\r\nmaven-api-key: %s\r\nX-Big: %s\r\n\r\n"
                  % (self.props("n"), self.key, "a" * 20000))
-        self.assertStatus(raw.response(), 431, "headers_too_large")
+        resp = raw.response()
+        self.assertStatus(resp, 431, "headers_too_large")
+        # Errors answered by the HTTP layer itself name the node too.
+        self.assertIn("x-context-node", resp.headers)
         raw2 = self.node.raw(timeout=5)
         self.addCleanup(raw2.close)
         raw2.send("GET /healthz?%s HTTP/1.1\r\nHost: x\r\n\r\n" % ("a" * 20000))
