@@ -666,6 +666,44 @@ static void test_timeout_makes_other_written_requests_eunknown(void **state)
     assert_true(f->sent[1].done_ms - f->sent[1].sent_ms < 1000);
 }
 
+static void test_queued_request_moves_to_a_new_connection_after_timeout(
+    void **state)
+{
+    struct fixture *f = *state;
+
+    f->limits.max_conns_per_peer = 1;
+    f->limits.max_pipeline = 1;
+    raw_start(f, RAW_SILENT);
+    client_start(f);
+    assert_int_equal(send_one(f, 0, f->raw_addr, "GET", "/a", NULL, 150), 0);
+    assert_int_equal(send_one(f, 1, f->raw_addr, "GET", "/b", NULL, 500), 0);
+    run_until(f, 2);
+    assert_int_equal(f->sent[0].status, CLIENT_ETIMEOUT);
+    /* b waited in the peer queue, then was written on a second
+     * connection: its own timeout, not ENOTSENT. */
+    assert_int_equal(f->sent[1].status, CLIENT_ETIMEOUT);
+    assert_int_equal(f->accepted, 2);
+}
+
+static void test_request_expiring_in_the_queue_gives_enotsent(void **state)
+{
+    struct fixture *f = *state;
+
+    f->limits.max_conns_per_peer = 1;
+    f->limits.max_pipeline = 1;
+    raw_start(f, RAW_SILENT);
+    client_start(f);
+    assert_int_equal(send_one(f, 0, f->raw_addr, "GET", "/a", NULL, 400), 0);
+    assert_int_equal(send_one(f, 1, f->raw_addr, "GET", "/b", NULL, 100), 0);
+    run_until(f, 1);
+    assert_int_equal(f->sent[1].calls, 1);
+    assert_int_equal(f->sent[1].status, CLIENT_ENOTSENT);
+    assert_int_equal(f->sent[0].calls, 0);
+    run_until(f, 2);
+    assert_int_equal(f->sent[0].status, CLIENT_ETIMEOUT);
+    assert_int_equal(f->accepted, 1);
+}
+
 static const char chunked[] = "HTTP/1.1 200 OK\r\n"
                               "Transfer-Encoding: chunked\r\n"
                               "X-Thing: \t padded value  \r\n"
@@ -888,6 +926,8 @@ int main(void)
         T(test_peer_closing_after_reading_gives_eunknown),
         T(test_peer_never_answering_gives_etimeout_in_time),
         T(test_timeout_makes_other_written_requests_eunknown),
+        T(test_queued_request_moves_to_a_new_connection_after_timeout),
+        T(test_request_expiring_in_the_queue_gives_enotsent),
         T(test_chunked_body_is_assembled),
         T(test_body_ended_by_eof_is_delivered),
         T(test_response_over_the_limit_gives_eunknown),
