@@ -729,7 +729,29 @@ class Cluster:
             x.start(wait=False)
         for x in self.nodes:
             x.wait_ready(budget)
+        self.wait_registered(self.nodes, budget)
         return self
+
+    def wait_registered(self, nodes, budget=CLUSTER_READY_BUDGET):
+        """Each node registers its HTTP address and region through the leader
+        once it is up: wait until every node's view lists every node of
+        `nodes` with its region."""
+        want = {x.node_id: x.region for x in nodes}
+        deadline = time.monotonic() + budget
+        last = None
+        for _ in range(int(budget / 0.05) + 1):
+            views = [self.view(x) for x in nodes]
+            last = views
+            if all(isinstance(v, dict) and {m.get("id"): m.get("region")
+                                             for m in v.get("nodes") or []
+                                             if isinstance(m, dict)} == want
+                   for v in views):
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        raise AssertionError("members not registered with their regions within "
+                             "%.0f s: %r" % (budget, last))
 
     def add_joining(self, node_id, join_via, region=None, extra=None, wait=True):
         """A new node with an empty data dir that joins through join_via."""

@@ -124,7 +124,8 @@ class ClusterTools(harness.NodeTestCase):
         rows, text = None, ""
         for _ in range(100):
             rc, rows, text = self.status_rows()
-            if rc == 0 and len({(r[6], r[7]) for r in rows}) == 1:
+            if rc == 0 and len({(r[6], r[7]) for r in rows}) == 1 and \
+                    "None" not in [r[1] for r in rows]:
                 break
             if time.monotonic() > deadline:
                 break
