@@ -903,6 +903,7 @@ static void peer_dispatch(struct client_peer *p)
 {
     struct client *c = p->client;
     struct client_conn *conn;
+    struct client_conn *next;
 
     while (p->q_head != NULL) {
         struct client_conn *best = NULL;
@@ -933,7 +934,8 @@ static void peer_dispatch(struct client_peer *p)
         }
         conn_assign(target, req);
     }
-    for (conn = p->conns; conn != NULL; conn = conn->next) {
+    for (conn = p->conns; conn != NULL; conn = next) {
+        next = conn->next; /* a failed flush unlinks conn */
         conn_flush(conn);
     }
 }
