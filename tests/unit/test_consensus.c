@@ -890,8 +890,9 @@ static int pred_add_committed(struct fixture *f)
     return f->changes[0].step >= 1 || f->change_calls[0] > 0;
 }
 
-/* Start node 2 with join = 1: an empty log, waiting to be added. */
-static void node2_start(struct fixture *f)
+/* Start node 2 as configured in f->cfg (members, if any) with join and
+ * election timeout election_ms (0: f->cfg's). */
+static void node2_start_as(struct fixture *f, int join, unsigned election_ms)
 {
     struct consensus_config cfg = f->cfg;
     char errmsg[256];
@@ -906,10 +907,19 @@ static void node2_start(struct fixture *f)
     cfg.id = 2;
     cfg.raft_addr = f->addr2;
     cfg.data_dir = f->dir2;
-    cfg.join = 1;
+    cfg.join = join;
+    if (election_ms != 0) {
+        cfg.election_timeout_ms = election_ms;
+    }
     if (consensus_start(&f->c2, &cfg, errmsg, sizeof errmsg) != 0) {
         fail_msg("consensus_start: %s", errmsg);
     }
+}
+
+/* Start node 2 with join = 1: an empty log, waiting to be added. */
+static void node2_start(struct fixture *f)
+{
+    node2_start_as(f, 1, 0);
 }
 
 static void node2_stop(struct fixture *f)
@@ -1014,6 +1024,48 @@ static void a_joining_node_is_added_given_leadership_and_removed(void **state)
 
     node2_stop(f);
     assert_int_equal(f->change_calls[7], 0);
+}
+
+static void a_leader_losing_its_quorum_fails_in_flight_proposals_once(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_member members[2];
+    struct consensus_server out[4];
+    unsigned n = 0;
+
+    free_port_addr(f->addr2, sizeof f->addr2);
+    members[0].id = 1;
+    members[0].raft_addr = f->addr;
+    members[1].id = 2;
+    members[1].raft_addr = f->addr2;
+    f->cfg.members = members;
+    f->cfg.n_members = 2;
+    node_start(f);
+    /* Node 2 waits ten times longer before campaigning: node 1 leads. */
+    node2_start_as(f, 0, 2000);
+    run_until(f, pred_leader);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    assert_int_equal(f->prop_status[0], CONSENSUS_OK);
+    run_until(f, pred_peer_reachable);
+
+    node2_stop(f);
+    propose_ns(f, 1, "ns2", -1);
+    run_until(f, pred_all_done);
+    assert_int_equal(f->prop_calls[1], 1);
+    assert_int_equal(f->prop_status[1], CONSENSUS_ELEADERSHIP);
+    f->props[2].data = f;
+    f->props[2].cb = prop_cb;
+    assert_int_equal(consensus_propose(f->c, &f->props[2], "x", 1),
+                     CONSENSUS_ENOTLEADER);
+    /* A follower knows the members but not whether they are up. */
+    assert_int_equal(consensus_servers(f->c, out, 4, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[0].reachable, 1);
+    assert_int_equal(out[1].reachable, -1);
+    node_stop(f);
+    assert_int_equal(f->prop_calls[1], 1);
 }
 
 static void a_server_left_a_non_voter_is_promoted_by_adding_it_again(
@@ -1183,6 +1235,9 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             a_server_left_a_non_voter_is_promoted_by_adding_it_again, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            a_leader_losing_its_quorum_fails_in_flight_proposals_once, setup,
             teardown),
         cmocka_unit_test(every_status_has_a_message),
     };
