@@ -990,6 +990,10 @@ static int handle_write(struct api *a, struct http_request *req,
                 rv = api_json_error(rv);
                 break;
             }
+            if (n > a->cfg.max_patch_properties) {
+                rv = AE_TOO_MANY;
+                break;
+            }
             for (i = 0; i < n && rv == 0; i++) {
                 if (!api_valid_property(m[i].name, m[i].name_len)) {
                     rv = AE_BAD_NAME;
@@ -1588,6 +1592,9 @@ int api_init(struct api **out, const struct api_config *cfg)
     }
     if (a->cfg.read_timeout_ms == 0) {
         a->cfg.read_timeout_ms = 5000;
+    }
+    if (a->cfg.max_patch_properties == 0) {
+        a->cfg.max_patch_properties = 1000;
     }
     snprintf(a->node_header, sizeof a->node_header, "X-Context-Node: %llu\r\n",
              (unsigned long long)cfg->node_id);

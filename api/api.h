@@ -33,6 +33,7 @@ struct api_config
     const char *admin_token;     /* bearer token of the admin routes */
     uint64_t write_timeout_ms;   /* proposal → 504 outcome_unknown, default 10000 */
     uint64_t read_timeout_ms;    /* wait for X-Context-Min-Index / barrier, default 5000 */
+    unsigned max_patch_properties; /* members of one PATCH, default 1000 */
     const char *cluster_secret;  /* internal calls; NULL: internal routes refuse all */
     const char *http_addr;       /* this node's API address (directory entry) */
     const char *raft_addr;       /* this node's Raft address (joining) */

@@ -48,6 +48,8 @@
     X(AE_BAD_PAGING, 400, "bad_paging",                                        \
       "page must be >= 0 and perPage 1..1000")                                 \
     X(AE_BAD_REQUEST, 400, "bad_request", "bad request")                       \
+    X(AE_TOO_MANY, 400, "too_many_properties",                                 \
+      "too many properties in one PATCH")                                      \
     X(AE_UNAUTHORIZED, 401, "unauthorized", "missing or invalid credentials")  \
     X(AE_RESERVED, 403, "reserved_namespace", "namespace is reserved")         \
     X(AE_NOT_FOUND, 404, "not_found", "no such resource")                      \

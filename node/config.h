@@ -38,6 +38,7 @@ struct config
     uint64_t write_timeout_ms;    /* --write-timeout-ms */
     uint64_t read_timeout_ms;     /* --read-timeout-ms */
     uint64_t max_pending;         /* --max-pending */
+    uint64_t max_patch_properties; /* --max-patch-properties */
     uint64_t snapshot_threshold;  /* --snapshot-threshold */
     uint64_t snapshot_trailing;   /* --snapshot-trailing */
     uint64_t election_timeout_ms; /* --election-timeout-ms */

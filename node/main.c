@@ -325,6 +325,7 @@ static int start(struct node *n)
     ac.admin_token = n->admin_token;
     ac.write_timeout_ms = n->cfg.write_timeout_ms;
     ac.read_timeout_ms = n->cfg.read_timeout_ms;
+    ac.max_patch_properties = (unsigned)n->cfg.max_patch_properties;
     ac.cluster_secret = n->cluster_secret[0] != '\0' ? n->cluster_secret : NULL;
     ac.http_addr = n->cfg.http_addr;
     ac.raft_addr = n->cfg.raft_addr;

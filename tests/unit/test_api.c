@@ -97,6 +97,7 @@ static int setup(void **state)
     cfg.storage = f->storage;
     cfg.consensus = NULL; /* never reached by these tests */
     cfg.admin_token = "admin-token";
+    cfg.max_patch_properties = 3;
     assert_int_equal(api_init(&f->api, &cfg), 0);
     *state = f;
     return 0;
@@ -285,6 +286,17 @@ static void malformed_or_wrong_json_is_400(void **state)
     }
 }
 
+static void more_properties_than_the_limit_is_400(void **state)
+{
+    char body[256];
+
+    assert_int_equal(call(*state, "PATCH", "/v1/account/acc1/ns1/properties",
+                          auth1_json, "{\"a\":1,\"b\":2,\"c\":3,\"d\":4}",
+                          body, sizeof body, NULL, 0),
+                     400);
+    assert_non_null(strstr(body, "too_many_properties"));
+}
+
 static void nesting_over_64_levels_is_400(void **state)
 {
     char doc[200];
@@ -460,6 +472,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(malformed_or_wrong_json_is_400, setup, teardown),
         cmocka_unit_test_setup_teardown(nesting_over_64_levels_is_400, setup, teardown),
+        cmocka_unit_test_setup_teardown(more_properties_than_the_limit_is_400, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(reserved_namespaces_are_403, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_names_ttl_and_paging_are_400, setup, teardown),
         cmocka_unit_test_setup_teardown(stale_read_returns_exact_value_text_and_etag,
