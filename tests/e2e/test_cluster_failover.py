@@ -114,7 +114,10 @@ class ClusterFailover(ClusterTestCase):
         leader = c.wait_leader()
         survivor = c.followers(leader)[0]
         cl = self.client(survivor, timeout=10.0)
-        self.assertStatus(cl.put(NS + "/s1/properties/p", "1"), 204)
+        r = cl.put(NS + "/s1/properties/p", "1")
+        self.assertStatus(r, 204)
+        # The survivor must hold the write before the others go.
+        c.wait_applied(int(r.headers["x-context-index"]), [survivor])
         dead = [x for x in c.nodes if x is not survivor]
         for x in dead:
             x.kill9()
