@@ -37,7 +37,10 @@
  *   callbacks) have run.
  * - A detached request (http_request_new_detached) has conn == NULL and
  *   gone == 0; its answer is kept in resp as "<header lines>\0<body>\0"
- *   and its status in done. */
+ *   and its status in done.
+ * - An offline connection (http_feed_bytes) has sink != NULL and no libuv
+ *   handle at all: it is never on the server's list, its timer and reading
+ *   are never touched, and what would be written is appended to sink. */
 #include "http.h"
 
 #include <http_parser.h>
@@ -114,6 +117,8 @@ struct http_conn
     int closing;                  /* uv_close was called */
     unsigned writes;              /* uv_write requests in flight */
     enum conn_timer_mode timer_mode; /* what the timer is armed for */
+    struct buf *sink;             /* offline: output goes here (no socket,
+                                     no handles); NULL for a real one */
     struct http_conn *prev;       /* server list */
     struct http_conn *next;       /* server list */
 };
@@ -600,6 +605,30 @@ static void conn_write_cb(uv_write_t *wreq, int status)
     conn_update_timer(c);
 }
 
+/* Offline: append the n answered requests at the head to the sink. */
+static void conn_flush_offline(struct http_conn *c, unsigned n)
+{
+    while (n-- > 0) {
+        struct http_request *r = c->head;
+        int rv;
+
+        c->head = r->next;
+        if (c->head == NULL) {
+            c->tail = NULL;
+        }
+        c->n_queued--;
+        if (!r->keep_alive) {
+            c->no_more = 1;
+        }
+        rv = buf_append(c->sink, r->resp, r->resp_len);
+        request_free(r);
+        if (rv != 0) {
+            conn_close(c);
+            return;
+        }
+    }
+}
+
 /* Write every answered request at the head of the queue, in one uv_write. */
 static void conn_flush(struct http_conn *c)
 {
@@ -616,6 +645,10 @@ static void conn_flush(struct http_conn *c)
         n++;
     }
     if (n == 0) {
+        return;
+    }
+    if (c->sink != NULL) {
+        conn_flush_offline(c, n);
         return;
     }
     w = malloc(sizeof *w + n * sizeof w->bufs[0]);
@@ -659,6 +692,10 @@ static void conn_send_continue(struct http_conn *c)
     struct http_write *w;
 
     if (c->head != NULL || c->writes > 0) {
+        return;
+    }
+    if (c->sink != NULL) {
+        (void)buf_append(c->sink, text, sizeof text - 1);
         return;
     }
     w = malloc(sizeof *w + sizeof w->bufs[0]);
@@ -750,6 +787,9 @@ static void conn_close(struct http_conn *c)
     c->tail = NULL;
     c->ready = NULL;
     c->n_queued = 0;
+    if (c->sink != NULL) {
+        return; /* offline: no list, no handles; freed by its feeder */
+    }
     if (c->prev != NULL) {
         c->prev->next = c->next;
     } else {
@@ -806,7 +846,7 @@ static void conn_linger(struct http_conn *c)
 
 static void conn_maybe_finish(struct http_conn *c)
 {
-    if (!c->closing && !c->lingering && c->no_more && c->head == NULL &&
+    if (c->sink == NULL && !c->closing && !c->lingering && c->no_more && c->head == NULL &&
         c->writes == 0) {
         conn_linger(c);
     }
@@ -829,7 +869,7 @@ static void conn_update_timer(struct http_conn *c)
     enum conn_timer_mode mode;
     uint64_t ms = 0;
 
-    if (c->closing) {
+    if (c->closing || c->sink != NULL) {
         return;
     }
     if (c->lingering) {
@@ -1030,7 +1070,7 @@ static int on_message_complete(http_parser *p)
     c->cap_hdrs = 0;
     req->body = buf_steal(&c->body, &req->body_len);
     req->keep_alive = http_should_keep_alive(p) && !p->upgrade;
-    req->start_ms = uv_now(c->srv->loop);
+    req->start_ms = c->srv->loop != NULL ? uv_now(c->srv->loop) : 0;
     memcpy(req->peer, c->peer, sizeof req->peer);
     req->conn = c;
     if (c->tail != NULL) {
@@ -1105,8 +1145,9 @@ static int conn_can_parse(const struct http_conn *c)
 {
     return !c->closing && !c->lingering && !c->no_more &&
            c->n_queued < c->srv->limits.max_pipeline &&
-           uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) <=
-               c->srv->limits.max_write_bytes;
+           (c->sink != NULL ||
+            uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) <=
+                c->srv->limits.max_write_bytes);
 }
 
 /* Parse data[0..len) until it is used up or a bound is reached; hand each
@@ -1210,7 +1251,7 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 /* Start or stop reading as the bounds allow; parse pending input first. */
 static void conn_update_reading(struct http_conn *c)
 {
-    if (c->closing || c->lingering || c->feeding) {
+    if (c->closing || c->lingering || c->feeding || c->sink != NULL) {
         return;
     }
     if (c->no_more) {
@@ -1525,4 +1566,72 @@ void http_server_stop(struct http_server *s, void (*cb)(void *data),
             conn_update_timer(c);
         }
     }
+}
+
+/******************************************************************************
+ * Offline feeding (tests and fuzzing)
+ *****************************************************************************/
+
+int http_feed_bytes(const struct http_limits *limits, const char *data,
+                    size_t len, http_handler_fn handler, void *ctx,
+                    char **out, size_t *out_len)
+{
+    struct http_server *s;
+    struct http_conn *c;
+    struct buf sink = BUF_INIT;
+    size_t off = 0;
+    int rv = 0;
+
+    *out = NULL;
+    *out_len = 0;
+    s = calloc(1, sizeof *s);
+    c = calloc(1, sizeof *c);
+    if (s == NULL || c == NULL) {
+        free(s);
+        free(c);
+        return -1;
+    }
+    if (limits != NULL) {
+        s->limits = *limits;
+    } else {
+        http_limits_default(&s->limits);
+    }
+    s->handler = handler;
+    s->ctx = ctx;
+    c->srv = s;
+    c->sink = &sink;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    snprintf(c->peer, sizeof c->peer, "offline");
+    /* The same loop as conn_read_cb + conn_update_reading: feed until the
+     * input is used up or the connection would stop reading. */
+    while (off < len && conn_can_parse(c)) {
+        size_t n;
+
+        c->feeding = 1;
+        n = conn_feed(c, data + off, len - off);
+        c->feeding = 0;
+        if (n == 0) {
+            break;
+        }
+        off += n;
+    }
+    if (c->closing) {
+        rv = -1; /* only out of memory closes an offline connection */
+    }
+    conn_close(c); /* detaches what the handler still holds */
+    conn_parse_reset(c);
+    buf_free(&c->pending);
+    free(c);
+    free(s->error_headers);
+    free(s);
+    if (rv == 0 && buf_reserve(&sink, 0) != 0) {
+        rv = -1;
+    }
+    if (rv != 0) {
+        buf_free(&sink);
+        return -1;
+    }
+    *out = buf_steal(&sink, out_len);
+    return 0;
 }

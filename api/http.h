@@ -137,6 +137,23 @@ const char *http_detached_headers(const struct http_request *req);
 const char *http_detached_body(const struct http_request *req, size_t *len);
 void http_request_free_detached(struct http_request *req);
 
+/* For tests and fuzzing without sockets: run data[0..len) through the
+ * same parser, callbacks and limits as the input of a connection (as if it
+ * arrived in one read), handing each complete request to handler(ctx,
+ * req). What would be written to the client (responses the handler gives
+ * before this returns, in order, the errors this layer answers itself:
+ * 400, 413, 431, and "100 Continue") is returned in *out (malloc'd,
+ * NUL-terminated, *out_len bytes without the NUL; free it). Parsing stops
+ * where a connection would stop reading: an error, Connection: close, or
+ * max_pipeline requests still unanswered. Timeouts, the connection cap and
+ * the write bound do not apply. A request still unanswered on return is
+ * detached as when its client goes away (gone = 1, freed by its
+ * http_respond()). limits NULL: the defaults. Returns 0, or -1 on out of
+ * memory (*out is then NULL). */
+int http_feed_bytes(const struct http_limits *limits, const char *data,
+                    size_t len, http_handler_fn handler, void *ctx,
+                    char **out, size_t *out_len);
+
 /* Graceful stop: close the listener, close idle connections now, and each
  * busy one once its last response is written (no new requests are read).
  * cb fires once every connection is closed; the server is freed after it. */
