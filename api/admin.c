@@ -56,7 +56,7 @@ void api_handle_health(struct api *a, struct http_request *req,
         api_respond(a, req, 200, NULL, ok, sizeof ok - 1);
         return;
     }
-    consensus_info(a->cfg.consensus, &info);
+    api_consensus_info(a, &info);
     if (a->closing || info.leader_id == 0 ||
         info.applied_index < info.commit_index) {
         struct buf body = BUF_INIT;
@@ -129,7 +129,7 @@ int api_handle_metrics(struct api *a, struct http_request *req)
     struct buf body = BUF_INIT;
     int rv = 0;
 
-    consensus_info(a->cfg.consensus, &info);
+    api_consensus_info(a, &info);
     if (storage_counts(a->cfg.storage, &counts) != STORAGE_OK) {
         return AE_INTERNAL;
     }

@@ -751,16 +751,35 @@ static int write_headers(struct http_request *req, struct cmd *cmd)
     return 0;
 }
 
-/* Encode and propose cmd; on success the answer comes from write_cb.
- * body (owned, may be NULL) is the success body. */
+void api_consensus_info(struct api *a, struct consensus_info *info)
+{
+    uint64_t applied;
+
+    if (a->cfg.consensus != NULL) {
+        consensus_info(a->cfg.consensus, info);
+        return;
+    }
+    applied = storage_applied_index(a->cfg.storage);
+    memset(info, 0, sizeof *info);
+    info->is_leader = 1;
+    info->leader_id = a->cfg.node_id;
+    info->term = 1;
+    info->commit_index = applied;
+    info->applied_index = applied;
+    info->last_index = applied;
+    info->role = "leader";
+}
+
 static int is_leader(struct api *a)
 {
     struct consensus_info info;
 
-    consensus_info(a->cfg.consensus, &info);
+    api_consensus_info(a, &info);
     return info.is_leader;
 }
 
+/* Encode and propose cmd; on success the answer comes from write_cb.
+ * body (owned, may be NULL) is the success body. */
 struct api_op *api_propose(struct api *a, struct http_request *req,
                            const struct cmd *cmd, int success_status,
                            char *body, size_t body_len)
@@ -768,6 +787,12 @@ struct api_op *api_propose(struct api *a, struct http_request *req,
     struct api_op *op;
     int rv;
 
+    if (a->cfg.consensus == NULL) {
+        /* Nothing to propose to (unit tests and fuzzing). */
+        free(body);
+        api_respond_error(a, req, AE_UNAVAILABLE, NULL);
+        return NULL;
+    }
     if (req != NULL && !is_leader(a)) {
         /* Validated here; the leader validates again and applies. */
         free(body);
@@ -1155,6 +1180,9 @@ static int read_gate(struct api *a, struct http_request *req,
     if (level == LEVEL_STALE || (gate & GATE_BARRIER)) {
         return 1;
     }
+    if (a->cfg.consensus == NULL) {
+        return 1; /* a single node with nothing pending: serve locally */
+    }
     consensus_info(a->cfg.consensus, &info);
     if (!info.is_leader) {
         if (level == LEVEL_LEADER) {
@@ -1373,6 +1401,16 @@ static void dispatch(struct api *a, struct http_request *req)
         api_respond_error(a, req, AE_SHUTTING_DOWN, NULL);
         goto out;
     }
+    if (a->cfg.consensus == NULL &&
+        (r.id == R_INT_FORWARD || r.id == R_INT_READ_INDEX ||
+         r.id == R_INT_JOIN || r.id == R_ADMIN_CLUSTER ||
+         r.id == R_ADMIN_NODES || r.id == R_ADMIN_NODE ||
+         r.id == R_ADMIN_TRANSFER)) {
+        /* The cluster routes need consensus (absent in unit tests and
+         * fuzzing). */
+        api_respond_error(a, req, AE_UNAVAILABLE, NULL);
+        goto out;
+    }
     switch (r.id) {
         case R_INT_FORWARD:
         case R_INT_READ_INDEX:
@@ -1525,6 +1563,9 @@ static void api_free(struct api *a)
         free((char *)a->members[i].http_addr);
     }
     free(a->members);
+    for (i = 0; a->strings != NULL && i < a->n_strings; i++) {
+        free(a->strings[i]);
+    }
     free(a->strings);
     free(a);
 }

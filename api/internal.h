@@ -218,6 +218,10 @@ struct api_op *api_propose(struct api *a, struct http_request *req,
 void api_barrier_cb(struct consensus_read *read, int status);
 /* Make sure OP_MIN waiters are checked after this loop turn. */
 void api_wake_min_waiters(struct api *a);
+/* consensus_info(), or, without consensus (cfg.consensus == NULL: unit
+ * tests and fuzzing), a single node that is the leader with nothing
+ * pending and everything applied. */
+void api_consensus_info(struct api *a, struct consensus_info *info);
 /* Run the request through routing again with these gate flags. */
 void api_redispatch(struct api *a, struct http_request *req, unsigned gate);
 
