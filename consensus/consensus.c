@@ -101,6 +101,7 @@
 #define CONSENSUS_DEFAULT_HEARTBEAT_MS 100  /* ms */
 #define CONSENSUS_DEFAULT_SNAPSHOT_THRESHOLD 8192 /* entries */
 #define CONSENSUS_DEFAULT_SNAPSHOT_TRAILING 2048  /* entries */
+#define CONSENSUS_DEFAULT_INSTALL_SNAPSHOT_MS 5000 /* resend an unanswered snapshot */
 #define CONSENSUS_DEFAULT_MAX_PENDING 10000 /* proposals */
 #define CONSENSUS_DEFAULT_PURGE_MS 1000     /* ms */
 #define CONSENSUS_BATCH_MAX_BYTES (4u * 1024 * 1024) /* bytes per entry */
@@ -1186,6 +1187,15 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
                                cfg->snapshot_trailing != 0
                                    ? cfg->snapshot_trailing
                                    : CONSENSUS_DEFAULT_SNAPSHOT_TRAILING);
+    /* A follower busy taking or installing a snapshot drops an
+     * InstallSnapshot without answering (replicationInstallSnapshot in
+     * libraft 0.15: "the leader will eventually retry"); the retry comes
+     * after this timeout, whose 30 s default left a restarted node behind
+     * for half a minute whenever its own snapshot coincided. */
+    raft_set_install_snapshot_timeout(
+        &c->raft, cfg->install_snapshot_timeout_ms != 0
+                      ? cfg->install_snapshot_timeout_ms
+                      : CONSENSUS_DEFAULT_INSTALL_SNAPSHOT_MS);
     raft_set_pre_vote(&c->raft, true);
 
     /* From here on, failures close raft on the loop: the object frees itself

@@ -67,6 +67,8 @@ struct consensus_config
     unsigned max_pending;         /* queued + in-flight proposals; over it
                                      consensus_propose returns EBUSY */
     unsigned purge_interval_ms;   /* leader's expiry check period, default 1000 */
+    unsigned install_snapshot_timeout_ms; /* resend an unanswered snapshot
+                                             after this, default 5000 */
     int join;                     /* 1: never bootstrap; wait to be added by
                                      the leader (--join) */
 };

@@ -41,6 +41,7 @@ struct config
     uint64_t max_patch_properties; /* --max-patch-properties */
     uint64_t snapshot_threshold;  /* --snapshot-threshold */
     uint64_t snapshot_trailing;   /* --snapshot-trailing */
+    uint64_t install_snapshot_timeout_ms; /* --install-snapshot-timeout-ms */
     uint64_t election_timeout_ms; /* --election-timeout-ms */
     uint64_t heartbeat_ms;        /* --heartbeat-ms */
     uint64_t purge_interval_ms;   /* --purge-interval-ms */

@@ -311,6 +311,7 @@ static int start(struct node *n)
     cc.max_pending = (unsigned)n->cfg.max_pending;
     cc.purge_interval_ms = (unsigned)n->cfg.purge_interval_ms;
     cc.join = n->cfg.join != NULL;
+    cc.install_snapshot_timeout_ms = (unsigned)n->cfg.install_snapshot_timeout_ms;
     rv = consensus_start(&n->consensus, &cc, errmsg, sizeof errmsg);
     if (rv != 0) {
         LOGE("cannot start raft", " error=\"%s\"", errmsg);
