@@ -712,6 +712,12 @@ static void write_cb(struct consensus_propose *prop, int status,
 {
     struct api_op *op = CONTAINER_OF(prop, struct api_op, prop);
 
+    api_op_list_remove(op);
+    if (op->applied != NULL && status == CONSENSUS_OK &&
+        result->status == STORAGE_OK) {
+        op->applied(op, result); /* continues the operation; frees op */
+        return;
+    }
     if (op->req != NULL) {
         write_answer(op->api, op->req, op, status, result);
         op->req = NULL;

@@ -473,6 +473,11 @@ static void add_cb(struct consensus_change *change, int status)
 {
     struct api_op *op = CONTAINER_OF(change, struct api_op, change);
 
+    if (status == CONSENSUS_EIO && op->req != NULL) {
+        /* libraft gave up promoting it: the server never caught up. */
+        api_respond_error(op->api, op->req, AE_CATCH_UP, NULL);
+        op->req = NULL;
+    }
     LOGI("node added", " id=%llu raft=%s status=\"%s\"",
          (unsigned long long)op->node_id, op->raft_addr,
          consensus_strerror(status));

@@ -73,7 +73,10 @@
     X(AE_UNKNOWN_OUTCOME, 504, "outcome_unknown",                              \
       "commit not confirmed in time: the write may or may not have been "      \
       "applied; retry with the same X-REQUEST-ID")                             \
-    X(AE_READ_TIMEOUT, 504, "timeout", "read condition not reached in time")
+    X(AE_READ_TIMEOUT, 504, "timeout", "read condition not reached in time")   \
+    X(AE_CATCH_UP, 504, "catch_up_timeout",                                    \
+      "the node did not catch up in time; it stays a non-voter until added "  \
+      "again")
 
 /* 0 means "no error", so the first real error is 1. */
 enum api_error {
