@@ -91,14 +91,24 @@ def main():
     unittest.main(verbosity=2)
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A TCP port that was free on 127.0.0.1 a moment ago, never the same one
+    twice in this process (the kernel may hand a just-closed port out again,
+    and two nodes of one cluster must not share one)."""
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def q(segment):
