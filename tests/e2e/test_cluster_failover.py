@@ -21,7 +21,8 @@ RETRY_BUDGET = 20.0      # seconds to retry a write across a failover
 
 class Writer(threading.Thread):
     """Writes PUT NS/s{tid}/properties/k{i} = i to one node until stopped;
-    records each acknowledged i with the time of its 204."""
+    records each acknowledged i with the times the request was sent and its
+    204 received."""
 
     def __init__(self, tid, node, key):
         super().__init__(daemon=True)
@@ -29,7 +30,7 @@ class Writer(threading.Thread):
         self.node = node
         self.key = key
         self.stop = threading.Event()
-        self.acked = []          # (i, monotonic time of the 204)
+        self.acked = []          # (i, monotonic send time, monotonic 204 time)
         self.other = {}          # status or exception name -> count
 
     def run(self):
@@ -40,6 +41,7 @@ class Writer(threading.Thread):
                 if self.stop.is_set():
                     break
                 i += 1
+                sent = time.monotonic()
                 try:
                     r = cl.put(NS + "/s%d/properties/k%d" % (self.tid, i), str(i))
                     st = r.status
@@ -47,7 +49,7 @@ class Writer(threading.Thread):
                     cl.close()
                     st = type(e).__name__
                 if st == 204:
-                    self.acked.append((i, time.monotonic()))
+                    self.acked.append((i, sent, time.monotonic()))
                 else:
                     self.other[st] = self.other.get(st, 0) + 1
                     time.sleep(0.05)
@@ -73,8 +75,9 @@ class ClusterFailover(ClusterTestCase):
             survivors = [x for x in c.nodes if x is not old]
             resumed = None
             for _ in range(int(RESUME_BUDGET / 0.05) + 1):
+                # A write sent after the kill and acknowledged by a survivor.
                 late = [t for w in writers if w.node is not old
-                        for _, t in w.acked if t > killed_at]
+                        for _, sent, t in w.acked if sent > killed_at]
                 if late:
                     resumed = min(late) - killed_at
                     break
@@ -101,7 +104,7 @@ class ClusterFailover(ClusterTestCase):
                 r = cl.get(NS + "/s%d/properties?consistency=stale" % w.tid)
                 self.assertStatus(r, 200)
                 doc = r.json()
-                for i, _ in w.acked:
+                for i, _, _ in w.acked:
                     self.assertEqual(doc.get("k%d" % i), i,
                                      "node %d lost acknowledged write s%d/k%d"
                                      % (x.node_id, w.tid, i))

@@ -92,7 +92,16 @@ class ClusterMembership(ClusterTestCase):
                                                                "region": "r"}):
                 r = a.post("/admin/v1/cluster/nodes", body)
                 self.assertEqual(r.status, 400, "%r -> %r" % (body, r))
-        self.assertEqual(len(c.view(fol)["nodes"]), 3)
+        # A refused add changes nothing: node 2 keeps its addresses and region.
+        for x in c.nodes:
+            v = c.view(x)
+            self.assertEqual(len(v["nodes"]), 3, v)
+            m2 = [m for m in v["nodes"] if m["id"] == 2][0]
+            self.assertEqual((m2["raftAddress"], m2["httpAddress"], m2["region"]),
+                             ("127.0.0.1:%d" % n2.raft_port, "127.0.0.1:%d" % n2.http_port,
+                              n2.region), v)
+        # Forwarding to and from node 2 still works.
+        self.assertStatus(self.client(n2).put(NS + "/s1/properties/p", "1"), 204)
 
     def test_leadership_moves_to_the_node_asked_for(self):
         c = self.start_cluster()
