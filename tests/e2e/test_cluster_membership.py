@@ -2,7 +2,8 @@
 
 A 4th node joins with --join and an empty data dir (becomes a voter known to
 every node with its HTTP address and region, and has the data); a node is
-removed with DELETE /admin/v1/cluster/nodes/{id}; adding an existing id or
+removed with DELETE /admin/v1/cluster/nodes/{id} (also from a plain 3-node
+cluster); adding an existing id or
 address is 409; a bad body is 400; leadership moves with
 POST /admin/v1/cluster/transfer. Each test starts its own cluster; after each
 one every running node must reach the same digest at the same index
@@ -70,6 +71,23 @@ class ClusterMembership(ClusterTestCase):
         self.assertStatus(r, 404, "node_not_found")
         gone.stop()
         self.assertStatus(self.client(asker).put(NS + "/s1/properties/after", "1"), 204)
+        c.wait_converged(rest)
+
+    def test_a_removed_node_leaves_every_view_and_can_be_stopped(self):
+        c = self.start_cluster()
+        leader = c.wait_leader()
+        gone, asker = c.followers(leader)
+        r = c.admin(asker).delete("/admin/v1/cluster/nodes/99")
+        self.assertStatus(r, 404, "node_not_found")
+        r = c.admin(asker).delete("/admin/v1/cluster/nodes/%d" % gone.node_id)
+        self.assertStatus(r, 204)
+        rest = [leader, asker]
+        self.wait_views(rest, lambda v: sorted(m.get("id") for m in v.get("nodes") or [])
+                        == sorted(x.node_id for x in rest), "removal of %d" % gone.node_id)
+        gone.stop()
+        for x in rest:
+            self.assertStatus(self.client(x).put(NS + "/s1/properties/n%d" % x.node_id, "1"),
+                              204)
         c.wait_converged(rest)
 
     def test_adding_an_existing_id_or_address_is_a_conflict(self):
