@@ -438,6 +438,31 @@ static int config_role(struct api *a, uint64_t id, const char *raft_addr,
     return -1;
 }
 
+static int check_node_conflict(struct api *a, uint64_t id, const char *raft,
+                               int internal)
+{
+    struct consensus_server servers[MAX_SERVERS];
+    unsigned n = 0, i;
+
+    if (consensus_servers(a->cfg.consensus, servers, MAX_SERVERS, &n) != 0) {
+        return AE_INTERNAL;
+    }
+    for (i = 0; i < n && i < MAX_SERVERS; i++) {
+        int same_addr = strcmp(servers[i].raft_addr, raft) == 0;
+        if (servers[i].id == id) {
+            if (!same_addr) {
+                return AE_CONFLICT;
+            }
+            if (!internal && servers[i].role == CONSENSUS_VOTER) {
+                return AE_CONFLICT;
+            }
+        } else if (same_addr) {
+            return AE_CONFLICT;
+        }
+    }
+    return 0;
+}
+
 static enum api_error change_error(int status)
 {
     switch (status) {
@@ -582,6 +607,14 @@ int api_handle_nodes_add(struct api *a, struct http_request *req, int internal)
     rv = parse_node_body(req, &id, raft, sizeof raft, http, sizeof http,
                          region, sizeof region);
     if (rv != 0) {
+        return rv;
+    }
+    /* Conflicts are refused before anything is written: an id that is in
+     * the configuration with another Raft address, an address taken by
+     * another id, or (admin route) an id that already votes. A member
+     * re-registering itself (internal join, same id and address) only
+     * refreshes its directory entry. */
+    if ((rv = check_node_conflict(a, id, raft, internal)) != 0) {
         return rv;
     }
     doc = json_pack("{s:I,s:s,s:s,s:s,s:s}", "id", (json_int_t)id,
