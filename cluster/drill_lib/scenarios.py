@@ -138,7 +138,10 @@ def inject(name, cluster, net, rng):
                       lambda: net.unslow(f))
     else:
         raise ValueError("unknown scenario %s" % name)
-    fault.at = t
+    # The fault holds from the moment the action returned (ip link set down
+    # takes a few ms); a transfer counts from its request, since the cluster
+    # is disturbed while it runs.
+    fault.at = t if name == "leader-transfer" else time.monotonic()
     return fault
 
 
