@@ -1519,7 +1519,7 @@ static void api_timer_cb(uv_timer_t *t)
     expire_list(a, &a->writes, now, AE_UNKNOWN_OUTCOME);
     expire_list(a, &a->barriers, now, AE_READ_TIMEOUT);
     expire_list(a, &a->mins, now, AE_READ_TIMEOUT);
-    if (now - a->last_register >= API_REGISTER_MS) {
+    if (a->cfg.consensus != NULL && now - a->last_register >= API_REGISTER_MS) {
         a->last_register = now;
         api_cluster_tick(a);
     }
