@@ -15,13 +15,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* An invariant of the code under test, checked on fuzz input: abort with
  * the failed expression so libFuzzer records the input as a crash. */
-#define FUZZ_CHECK(expr)                                                   \
-    do {                                                                   \
-        if (!(expr)) {                                                     \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__,     \
-                    __LINE__, #expr);                                      \
-            abort();                                                       \
-        }                                                                  \
+#define FUZZ_CHECK(expr)                                                       \
+    do {                                                                       \
+        if (!(expr)) {                                                         \
+            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__,         \
+                    __LINE__, #expr);                                          \
+            abort();                                                           \
+        }                                                                      \
     } while (0)
 
 #endif

@@ -34,11 +34,10 @@
 #define PRIVATE_MARKER "acc2-private-8f3a"
 #define ENTRY_TIME_MS 1614307598220ull /* leader stamp of the seed entries */
 
-struct fuzz_state
-{
-    uv_loop_t loop;           /* the api's timer and check live here */
-    struct storage *storage;  /* seeded once, read-only afterwards */
-    uint64_t index;           /* last index applied to storage */
+struct fuzz_state {
+    uv_loop_t loop;          /* the api's timer and check live here */
+    struct storage *storage; /* seeded once, read-only afterwards */
+    uint64_t index;          /* last index applied to storage */
 };
 
 static struct fuzz_state *state;
@@ -107,8 +106,8 @@ static void seed_prop(const char *acc, const char *ns, const char *sid,
     cmd.acc = bytes_of(acc);
     cmd.ns = bytes_of(ns);
     cmd.sid = bytes_of(sid);
-    FUZZ_CHECK(cmd_props_add(&pairs, name, strlen(name), value,
-                             strlen(value)) == 0);
+    FUZZ_CHECK(
+        cmd_props_add(&pairs, name, strlen(name), value, strlen(value)) == 0);
     cmd.n_props = 1;
     cmd.props.base = pairs.base;
     cmd.props.len = (uint32_t)pairs.len;
@@ -227,7 +226,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fputs("\n----\n", stderr);
     }
     check_output(out, out_len,
-                 contains(data, size, KEY2) || contains(data, size, ADMIN_TOKEN));
+                 contains(data, size, KEY2) ||
+                     contains(data, size, ADMIN_TOKEN));
     free(out);
     /* Requests still waiting (a min-index read) are answered by
      * api_close; the loop then runs the close callbacks. */
