@@ -29,8 +29,16 @@ end
 request = function()
   counter = counter + 1
   local sid = "s" .. math.random(0, sessions - 1)
+  if mode == "fill" then
+    -- every session once, in order, then random
+    sid = "s" .. ((counter - 1) % sessions)
+    if counter > sessions then
+      wrk.thread:stop()
+    end
+  end
   local path = "/v1/account/" .. acc .. "/" .. ns .. "/" .. sid .. "/properties"
-  local write = (mode == "patch") or (mode == "mix" and math.random(1, 100) <= 20)
+  local write = (mode == "patch") or (mode == "fill") or
+                (mode == "mix" and math.random(1, 100) <= 20)
   if write then
     return wrk.format("PATCH", path, hdrs, body)
   end
