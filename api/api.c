@@ -1288,7 +1288,7 @@ static int handle_read(struct api *a, struct http_request *req,
     struct buf raw = BUF_INIT;
     struct cmd_bytes *names = NULL;
     size_t n_names = 0;
-    uint64_t version = 0, page, per;
+    uint64_t version = 0, page = 0, per = API_DEFAULT_PER_PAGE;
     uint64_t now = api_wall_ms();
     char extra[128];
     int rv = 0, st = STORAGE_OK;
