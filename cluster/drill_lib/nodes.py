@@ -257,6 +257,27 @@ class Cluster:
             time.sleep(0.2)
         raise ClusterError("cannot create account %s" % acc)
 
+    def wait_key_everywhere(self, path, api_key, budget=READY_BUDGET_S):
+        """Wait until every node accepts api_key (a GET of path answers
+        anything but 401). A node checks keys against its own applied state,
+        so a key just created may be refused by a node that has not applied
+        its creation yet."""
+        deadline = time.monotonic() + budget
+        pending = set(self.ids())
+        while pending:
+            for i in sorted(pending):
+                x = self.nodes[i]
+                st, _ = http_call(x["host"], x["http"], "GET", path,
+                                  headers={"maven-api-key": api_key}, timeout=2.0)
+                if st is not None and st != 401:
+                    pending.discard(i)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError("nodes %s still refuse the new API key after %.0f s"
+                                   % (sorted(pending), budget))
+            time.sleep(0.05)
+
     def log_tail(self, i, lines=30):
         try:
             with open(self.nodes[i]["log"], "rb") as f:

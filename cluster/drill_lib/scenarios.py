@@ -203,6 +203,9 @@ def run_scenario(name, opts, use_net, run_no, log):
         api_key = cluster.create_account(ACCOUNT)
         target = Target(api_key, ACCOUNT, NAMESPACE,
                         "%s-%d-%d" % (name, run_no, int(time.time())), KEYS)
+        t_key = time.monotonic()
+        cluster.wait_key_everywhere(target.prop(KEYS[0]), api_key)
+        res["key_visible_everywhere_s"] = time.monotonic() - t_key
         wl = Workload(cluster, target, opts.clients, rng.randrange(1 << 30))
         d = opts.duration
         t0 = time.monotonic()
@@ -229,6 +232,8 @@ def run_scenario(name, opts, use_net, run_no, log):
             res["errors"].append("nodes exited on their own: %r" % dead)
         conv, docs = wait_converged(cluster, healed)
         res["converge_s"] = conv
+        # The load runs on after healing; settle = convergence after it stopped.
+        res["settle_s"] = None if conv is None else max(0.0, conv - (t_end - healed))
         res["converged"] = conv is not None and conv <= CONVERGE_BOUND_S
         res["digests"] = {str(i): d for i, d in (docs or {}).items()}
         fin, failures = final_reads(cluster, target, cluster.ids())
@@ -287,9 +292,10 @@ def fmt_s(x):
 
 def table(results):
     """The report table, one line per run."""
-    head = ("%-19s %3s %-6s %-20s %-13s %7s %7s %4s %-12s %-10s %s"
+    head = ("%-19s %3s %-6s %-20s %-13s %7s %7s %4s %-12s %-20s %s"
             % ("scenario", "run", "net", "writes ok/fail/unk", "reads ok/fail",
-               "unavail", "1st-wr", "lost", "linearizable", "converged", "verdict"))
+               "unavail", "1st-wr", "lost", "linearizable", "converged s/settle s",
+               "verdict"))
     lines = [head, "-" * len(head)]
     for r in results:
         if "ops" not in r:
@@ -298,9 +304,9 @@ def table(results):
                                                      "; ".join(r["errors"])))
             continue
         w, rd = r["ops"]["write"], r["ops"]["read"]
-        conv = ("yes %ss" % fmt_s(r["converge_s"]) if r["converged"]
-                else "NO %s" % fmt_s(r.get("converge_s")))
-        lines.append("%-19s %3d %-6s %-20s %-13s %7s %7s %4d %-12s %-10s %s"
+        conv = ("%s %s/%s" % ("yes" if r["converged"] else "NO",
+                              fmt_s(r.get("converge_s")), fmt_s(r.get("settle_s"))))
+        lines.append("%-19s %3d %-6s %-20s %-13s %7s %7s %4d %-12s %-20s %s"
                      % (r["scenario"], r["run"], r["network"],
                         "%d/%d/%d" % (w["ok"], w["failed"], w["unknown"]),
                         "%d/%d" % (rd["ok"], rd["failed"]),
@@ -348,7 +354,7 @@ def summary(results):
     for r in results:
         s = out.setdefault(r["scenario"], {"runs": 0, "pass": 0, "lost_writes": 0,
                                            "violations": 0, "_first": [], "_conv": [],
-                                           "_gap": []})
+                                           "_gap": [], "_settle": []})
         s["runs"] += 1
         s["pass"] += r["verdict"] == "pass"
         s["lost_writes"] += r.get("lost_writes", 0)
@@ -356,21 +362,23 @@ def summary(results):
         s["_first"].append(r.get("first_write_after_fault_s"))
         s["_conv"].append(r.get("converge_s"))
         s["_gap"].append(r.get("longest_unavailable_s"))
+        s["_settle"].append(r.get("settle_s"))
     for s in out.values():
         s["median_first_write_after_fault_s"] = median(s.pop("_first"))
         s["median_converge_s"] = median(s.pop("_conv"))
         s["median_longest_unavailable_s"] = median(s.pop("_gap"))
+        s["median_settle_s"] = median(s.pop("_settle"))
     return out
 
 
 def summary_table(summ):
-    lines = ["%-19s %4s %4s %4s %10s %12s %12s %12s"
+    lines = ["%-19s %4s %4s %4s %10s %12s %12s %12s %12s"
              % ("scenario", "runs", "pass", "lost", "violations", "med 1st-wr",
-                "med unavail", "med converge")]
+                "med unavail", "med converge", "med settle")]
     for name, s in summ.items():
-        lines.append("%-19s %4d %4d %4d %10d %12s %12s %12s"
+        lines.append("%-19s %4d %4d %4d %10d %12s %12s %12s %12s"
                      % (name, s["runs"], s["pass"], s["lost_writes"], s["violations"],
                         fmt_s(s["median_first_write_after_fault_s"]),
                         fmt_s(s["median_longest_unavailable_s"]),
-                        fmt_s(s["median_converge_s"])))
+                        fmt_s(s["median_converge_s"]), fmt_s(s["median_settle_s"])))
     return "\n".join(lines)

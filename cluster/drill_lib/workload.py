@@ -33,7 +33,9 @@ import uuid
 from .checker import Op
 
 CONNECT_TIMEOUT_S = 1.0       # making a connection
-REQUEST_TIMEOUT_S = 5.0       # waiting for an answer once sent
+REQUEST_TIMEOUT_S = 2.0       # waiting for an answer once sent: short, so
+                              # that a request stuck on a cut-off leader does not
+                              # hide the new leader from its client for long
 BACKOFF_S = 0.05              # pause after an op that did not succeed
 THINK_MAX_S = 0.004           # pause between ops, uniform in [0, this]
 
