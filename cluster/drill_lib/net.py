@@ -104,8 +104,9 @@ def cleanup_leftovers():
         m = LINK_RE.match(name)
         if not m or pid_alive(int(m.group(1))):
             continue
-        run(["ip", "link", "del", name], check=False)
-        removed.append(name)
+        rc, _ = run(["ip", "link", "del", name], check=False)
+        if rc == 0:
+            removed.append(name)
     return removed
 
 

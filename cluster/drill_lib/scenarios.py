@@ -278,7 +278,7 @@ def run_scenario(name, opts, use_net, run_no, log):
                     pass
         finally:
             if cluster is not None:
-                if res["verdict"] != "pass":
+                if res["verdict"] in ("FAIL", "inconclusive"):
                     cluster.keep = True
                 cluster.close()
             if net is not None:
