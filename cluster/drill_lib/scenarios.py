@@ -24,7 +24,7 @@ import time
 
 from . import checker
 from .net import Net
-from .nodes import Cluster, ClusterError
+from .nodes import Cluster
 from .workload import Target, Workload, final_reads
 
 CONVERGE_BOUND_S = 10.0       # healed cluster must converge within this
@@ -202,7 +202,8 @@ def run_scenario(name, opts, use_net, run_no, log):
         cluster.start_all()
         api_key = cluster.create_account(ACCOUNT)
         target = Target(api_key, ACCOUNT, NAMESPACE,
-                        "%s-%d-%d" % (name, run_no, int(time.time())), KEYS)
+                        "%s-%d-%d" % (name, run_no, int(time.time())), KEYS,
+                        getattr(opts, "read_consistency", None))
         t_key = time.monotonic()
         cluster.wait_key_everywhere(target.prop(KEYS[0]), api_key)
         res["key_visible_everywhere_s"] = time.monotonic() - t_key
@@ -264,7 +265,7 @@ def run_scenario(name, opts, use_net, run_no, log):
             res["verdict"] = "pass"
         if res["verdict"] != "pass":
             res["log_tails"] = {str(i): cluster.log_tail(i, 15) for i in cluster.ids()}
-    except (ClusterError, OSError) as e:
+    except Exception as e:  # any failed step (cluster, ip/tc, HTTP) fails the run
         res["errors"].append("%s: %s" % (type(e).__name__, e))
         res["verdict"] = "FAIL"
         if cluster is not None:
@@ -274,8 +275,8 @@ def run_scenario(name, opts, use_net, run_no, log):
             if fault is not None and fault.heal_fn is not None:
                 try:
                     fault.heal_fn()
-                except Exception:
-                    pass
+                except Exception as e:  # teardown goes on; the run already failed
+                    res["errors"].append("heal on teardown: %s" % e)
         finally:
             if cluster is not None:
                 if res["verdict"] in ("FAIL", "inconclusive"):
@@ -292,21 +293,21 @@ def fmt_s(x):
 
 def table(results):
     """The report table, one line per run."""
-    head = ("%-19s %3s %-6s %-20s %-13s %7s %7s %4s %-12s %-20s %s"
+    head = ("%-19s %3s %-8s %-20s %-13s %7s %7s %4s %-12s %-20s %s"
             % ("scenario", "run", "net", "writes ok/fail/unk", "reads ok/fail",
                "unavail", "1st-wr", "lost", "linearizable", "converged s/settle s",
                "verdict"))
     lines = [head, "-" * len(head)]
     for r in results:
         if "ops" not in r:
-            lines.append("%-19s %3d %-6s %s: %s" % (r["scenario"], r["run"],
+            lines.append("%-19s %3d %-8s %s: %s" % (r["scenario"], r["run"],
                                                      r["network"], r["verdict"],
                                                      "; ".join(r["errors"])))
             continue
         w, rd = r["ops"]["write"], r["ops"]["read"]
         conv = ("%s %s/%s" % ("yes" if r["converged"] else "NO",
                               fmt_s(r.get("converge_s")), fmt_s(r.get("settle_s"))))
-        lines.append("%-19s %3d %-6s %-20s %-13s %7s %7s %4d %-12s %-20s %s"
+        lines.append("%-19s %3d %-8s %-20s %-13s %7s %7s %4d %-12s %-20s %s"
                      % (r["scenario"], r["run"], r["network"],
                         "%d/%d/%d" % (w["ok"], w["failed"], w["unknown"]),
                         "%d/%d" % (rd["ok"], rd["failed"]),

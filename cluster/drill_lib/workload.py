@@ -5,7 +5,8 @@ operation (PUT 30 %, PATCH 20 %, GET 40 %, DELETE 10 %) and one of a few
 properties of one session (so that clients collide), sends it, and records
 an `checker.Op` per property touched (a PATCH of two properties records two
 writes with the same times). Every written value is unique ("cC-N": client C,
-its Nth write). Reads use the default consistency (linearizable).
+its Nth write). Reads use the default consistency (linearizable) unless the
+drill asks for another level (to show the checker catching stale reads).
 
 Outcome of a write, as the client can know it:
   204                                   ok
@@ -62,18 +63,25 @@ class Recorder:
 class Target:
     """Where the clients write: account, namespace, session, properties."""
 
-    def __init__(self, api_key, acc, ns, sid, keys):
+    def __init__(self, api_key, acc, ns, sid, keys, consistency=None):
         self.api_key = api_key          # the account's maven-api-key
         self.acc = acc                  # account id
         self.ns = ns                    # namespace
         self.sid = sid                  # session id (fresh per run)
         self.keys = list(keys)          # property names
+        self.consistency = consistency  # workload reads: None = default (linearizable)
 
     def props(self):
         return "/v1/account/%s/%s/%s/properties" % (self.acc, self.ns, self.sid)
 
     def prop(self, key):
         return self.props() + "/" + key
+
+    def read_path(self, key):
+        """The workload's GET of key (final reads always use the default)."""
+        if self.consistency is None:
+            return self.prop(key)
+        return self.prop(key) + "?consistency=" + self.consistency
 
 
 class Conns:
@@ -204,7 +212,8 @@ class Client(threading.Thread):
         start = time.monotonic()
         if x < 0.4:
             key = self.rng.choice(t.keys)
-            how, st, data = self.conns.send(node, "GET", t.prop(key), None, self.headers())
+            how, st, data = self.conns.send(node, "GET", t.read_path(key), None,
+                                            self.headers())
             self.note(how, st)
             outcome, value = read_value(how, st, data)
             ops = [Op(key, "read", value, start, time.monotonic(), outcome, node, self.cid)]
