@@ -81,6 +81,7 @@
  *     object no longer references it.
  *   - only the last batch of the queued list is open for new commands. */
 #include "consensus.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -136,7 +137,7 @@ struct consensus
     struct storage *storage;         /* state machine (not owned) */
     struct raft raft;                /* the raft instance */
     struct raft_io io;               /* raft_uv disk + network backend */
-    struct raft_uv_transport transport; /* raft_uv_tcp transport */
+    struct consensus_transport transport; /* raft_uv_tcp with TCP_NODELAY */
     struct consensus_fsm fsm;        /* raft_fsm over storage (fsm.c) */
     uv_check_t check;                /* flushes batches and reads each turn */
     uv_timer_t purge_timer;          /* periodic expiry check */
@@ -1033,7 +1034,7 @@ static void consensus_raft_close_cb(struct raft *r)
     struct consensus *c = r->data;
 
     raft_uv_close(&c->io);
-    raft_uv_tcp_close(&c->transport);
+    consensus_transport_close(&c->transport);
     c->raft_closed = 1;
     consensus_maybe_destroy(c);
 }
@@ -1151,13 +1152,13 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         rv = CONSENSUS_EIO;
         goto err_after_alloc;
     }
-    rv = raft_uv_tcp_init(&c->transport, c->loop);
+    rv = consensus_transport_init(&c->transport, c->loop);
     if (rv != 0) {
         snprintf(errmsg, errmsg_len, "raft transport: %s", raft_strerror(rv));
         rv = consensus_map_start(rv);
         goto err_after_alloc;
     }
-    rv = raft_uv_init(&c->io, c->loop, cfg->data_dir, &c->transport);
+    rv = raft_uv_init(&c->io, c->loop, cfg->data_dir, &c->transport.outer);
     if (rv != 0) {
         snprintf(errmsg, errmsg_len, "raft storage %s: %s", cfg->data_dir,
                  c->io.errmsg);
@@ -1257,7 +1258,7 @@ err_after_raft_init:
 err_after_io_init:
     raft_uv_close(&c->io);
 err_after_transport_init:
-    raft_uv_tcp_close(&c->transport);
+    consensus_transport_close(&c->transport);
 err_after_alloc:
     free(c);
     return rv;

@@ -340,10 +340,31 @@ static int db_configure(sqlite3 *db)
     return exec_sql(db, "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;");
 }
 
+/* ctxd touches SQLite from one thread only: no mutexes, and no global
+ * memory statistics (a mutex-protected counter on every malloc). This must
+ * run before SQLite initializes; once it has, sqlite3_config refuses with
+ * SQLITE_MISUSE and the defaults (serialized) stay, which is slower but
+ * correct, so the result is deliberately not checked. */
+static void db_global_config(void)
+{
+    static int done;
+
+    if (!done) {
+        done = 1;
+        (void)sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
+        (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    }
+}
+
 static int db_open(sqlite3 **out)
 {
-    int rc = sqlite3_open_v2(":memory:", out,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int rc;
+
+    db_global_config();
+    rc = sqlite3_open_v2(":memory:", out,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                             SQLITE_OPEN_NOMUTEX,
+                         NULL);
 
     if (rc != SQLITE_OK) {
         sqlite3_close(*out);
@@ -1436,6 +1457,28 @@ int storage_counts(struct storage *s, struct storage_counts *c)
     }
     c->purged = s->purged;
     return rc;
+}
+
+/* One integer from a PRAGMA that answers one row; 0 on any failure. */
+static uint64_t pragma_u64(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st;
+    uint64_t v = 0;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        return 0;
+    }
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        v = col_u64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+uint64_t storage_db_bytes(struct storage *s)
+{
+    return pragma_u64(s->db, "PRAGMA page_count") *
+           pragma_u64(s->db, "PRAGMA page_size");
 }
 
 /* --- Snapshots ------------------------------------------------------- */
