@@ -1,10 +1,14 @@
 /* Operator endpoints that need no routing state: health and readiness,
  * account keys, the state digest, backups and metrics. */
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../lib/crypto.h"
 #include "internal.h"
+#include "metrics.h"
 
 int api_handle_admin_key(struct api *a, struct http_request *req,
                             struct route *r)
@@ -121,75 +125,143 @@ int api_handle_backup(struct api *a, struct http_request *req)
     return 0;
 }
 
-/* GET /metrics: Prometheus text exposition format 0.0.4. */
+/* Resident set size from /proc/self/statm (pages), 0 when unknown. */
+static double process_rss_bytes(void)
+{
+    unsigned long long size = 0;
+    unsigned long long resident = 0;
+    long page = sysconf(_SC_PAGESIZE);
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (f == NULL) {
+        return 0;
+    }
+    if (fscanf(f, "%llu %llu", &size, &resident) != 2) {
+        resident = 0;
+    }
+    fclose(f);
+    return page > 0 ? (double)resident * (double)page : 0;
+}
+
+/* Entries of /proc/self/fd, without the one opendir holds; 0 when
+ * unknown. */
+static double process_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    double n = 0;
+
+    if (d == NULL) {
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.') {
+            n++;
+        }
+    }
+    closedir(d);
+    return n > 0 ? n - 1 : 0;
+}
+
+/* Set the unlabelled series of family name (registered by metrics.c). */
+static void gauge_set(struct metrics *m, const char *name, double v)
+{
+    struct metrics_family *f = metrics_family_find(m, name);
+
+    if (f != NULL) {
+        metrics_set(metrics_series_get(f, NULL), v);
+    }
+}
+
+/* Counters kept elsewhere (consensus, storage) are copied in at scrape
+ * time: set, as a gauge would be, since they only grow at their source. */
+static void counter_copy(struct metrics *m, const char *name, uint64_t v)
+{
+    struct metrics_family *f = metrics_family_find(m, name);
+    struct metrics_series *s;
+
+    if (f != NULL && (s = metrics_series_get(f, NULL)) != NULL) {
+        metrics_add(s, (double)v - metrics_value(s));
+    }
+}
+
+/* The Raft role as one gauge per state, 1 for the current one. */
+static void raft_state_set(struct metrics *m, const char *role)
+{
+    static const char *const states[] = {"follower", "candidate", "leader",
+                                         "unavailable"};
+    struct metrics_family *f = metrics_family_find(m, "ctxd_raft_state");
+    size_t i;
+
+    if (f == NULL) {
+        return;
+    }
+    for (i = 0; i < sizeof states / sizeof states[0]; i++) {
+        const char *values[1];
+
+        values[0] = states[i];
+        metrics_set(metrics_series_get(f, values),
+                    role != NULL && strcmp(role, states[i]) == 0 ? 1 : 0);
+    }
+}
+
+/* GET /metrics: Prometheus text exposition format 0.0.4. The scrape-time
+ * values (raft, state, process) are copied into the process registry, then
+ * the whole registry is written. */
 int api_handle_metrics(struct api *a, struct http_request *req)
 {
     struct consensus_info info;
     struct storage_counts counts;
+    struct metrics *m = metrics_process();
     struct buf body = BUF_INIT;
-    int rv = 0;
 
+    if (m == NULL) {
+        return AE_INTERNAL;
+    }
     api_consensus_info(a, &info);
     if (storage_counts(a->cfg.storage, &counts) != STORAGE_OK) {
         return AE_INTERNAL;
     }
-    rv |= buf_printf(&body,
-                     "# HELP ctxd_raft_leader 1 when this node is the leader.\n"
-                     "# TYPE ctxd_raft_leader gauge\n"
-                     "ctxd_raft_leader %d\n"
-                     "# HELP ctxd_raft_leader_id Id of the known leader, 0 when none.\n"
-                     "# TYPE ctxd_raft_leader_id gauge\n"
-                     "ctxd_raft_leader_id %llu\n"
-                     "# HELP ctxd_raft_term Current Raft term.\n"
-                     "# TYPE ctxd_raft_term gauge\n"
-                     "ctxd_raft_term %llu\n"
-                     "# HELP ctxd_raft_commit_index Highest index known committed.\n"
-                     "# TYPE ctxd_raft_commit_index gauge\n"
-                     "ctxd_raft_commit_index %llu\n"
-                     "# HELP ctxd_raft_applied_index Highest index applied to the state.\n"
-                     "# TYPE ctxd_raft_applied_index gauge\n"
-                     "ctxd_raft_applied_index %llu\n"
-                     "# HELP ctxd_raft_last_index Last index in the local log.\n"
-                     "# TYPE ctxd_raft_last_index gauge\n"
-                     "ctxd_raft_last_index %llu\n"
-                     "# HELP ctxd_proposals_pending Proposals queued or in flight.\n"
-                     "# TYPE ctxd_proposals_pending gauge\n"
-                     "ctxd_proposals_pending %u\n",
-                     info.is_leader, (unsigned long long)info.leader_id,
-                     (unsigned long long)info.term,
-                     (unsigned long long)info.commit_index,
-                     (unsigned long long)info.applied_index,
-                     (unsigned long long)info.last_index, info.pending);
-    rv |= buf_printf(&body,
-                     "# HELP ctxd_accounts Accounts with a key.\n"
-                     "# TYPE ctxd_accounts gauge\n"
-                     "ctxd_accounts %llu\n"
-                     "# HELP ctxd_namespaces Namespaces.\n"
-                     "# TYPE ctxd_namespaces gauge\n"
-                     "ctxd_namespaces %llu\n"
-                     "# HELP ctxd_sessions Sessions.\n"
-                     "# TYPE ctxd_sessions gauge\n"
-                     "ctxd_sessions %llu\n"
-                     "# HELP ctxd_properties Stored properties.\n"
-                     "# TYPE ctxd_properties gauge\n"
-                     "ctxd_properties %llu\n"
-                     "# HELP ctxd_purged_properties_total Properties removed by purges.\n"
-                     "# TYPE ctxd_purged_properties_total counter\n"
-                     "ctxd_purged_properties_total %llu\n"
-                     "# HELP ctxd_api_pending Requests waiting for a commit or a read condition.\n"
-                     "# TYPE ctxd_api_pending gauge\n"
-                     "ctxd_api_pending %u\n",
-                     (unsigned long long)counts.accounts,
-                     (unsigned long long)counts.namespaces,
-                     (unsigned long long)counts.sessions,
-                     (unsigned long long)counts.properties,
-                     (unsigned long long)counts.purged, a->pending);
-    if (rv != 0) {
+    gauge_set(m, "ctxd_raft_leader", info.is_leader ? 1 : 0);
+    gauge_set(m, "ctxd_raft_leader_id", (double)info.leader_id);
+    gauge_set(m, "ctxd_raft_term", (double)info.term);
+    gauge_set(m, "ctxd_raft_commit_index", (double)info.commit_index);
+    gauge_set(m, "ctxd_raft_applied_index", (double)info.applied_index);
+    gauge_set(m, "ctxd_raft_last_index", (double)info.last_index);
+    gauge_set(m, "ctxd_raft_proposals_pending", info.pending);
+    raft_state_set(m, info.role);
+    counter_copy(m, "ctxd_raft_elections_total", info.elections);
+    counter_copy(m, "ctxd_raft_leader_changes_total", info.leader_changes);
+    counter_copy(m, "ctxd_raft_barriers_total", info.barriers);
+    counter_copy(m, "ctxd_raft_barrier_reads_total", info.barrier_reads);
+    gauge_set(m, "ctxd_raft_reads_per_barrier",
+              info.barriers > 0
+                  ? (double)info.barrier_reads / (double)info.barriers
+                  : 0);
+    counter_copy(m, "ctxd_raft_snapshots_taken_total", info.snapshots_taken);
+    counter_copy(m, "ctxd_raft_snapshots_installed_total",
+                 info.snapshots_installed);
+    counter_copy(m, "ctxd_raft_entries_total", info.entries);
+    counter_copy(m, "ctxd_raft_commands_total", info.commands);
+    gauge_set(m, "ctxd_raft_commands_per_entry",
+              info.entries > 0 ? (double)info.commands / (double)info.entries
+                               : 0);
+    gauge_set(m, "ctxd_api_pending", a->pending);
+    gauge_set(m, "ctxd_accounts", (double)counts.accounts);
+    gauge_set(m, "ctxd_namespaces", (double)counts.namespaces);
+    gauge_set(m, "ctxd_sessions", (double)counts.sessions);
+    gauge_set(m, "ctxd_properties", (double)counts.properties);
+    counter_copy(m, "ctxd_purged_properties_total", counts.purged);
+    gauge_set(m, "ctxd_database_bytes",
+              (double)storage_db_bytes(a->cfg.storage));
+    gauge_set(m, "process_resident_memory_bytes", process_rss_bytes());
+    gauge_set(m, "process_open_fds", process_open_fds());
+    if (metrics_write(m, &body) != METRICS_OK) {
         buf_free(&body);
         return AE_INTERNAL;
     }
     api_respond(a, req, 200, "Content-Type: text/plain; version=0.0.4\r\n",
-            body.base, body.len);
+                body.base, body.len);
     buf_free(&body);
     return 0;
 }

@@ -26,6 +26,7 @@
 #include "../lib/crypto.h"
 #include "../lib/log.h"
 #include "json.h"
+#include "metrics.h"
 
 #include <http_parser.h>
 
@@ -151,6 +152,14 @@ static void log_request(struct api *a, struct http_request *req, int status)
     char rid_text[80] = "";
     size_t i;
 
+    /* Metrics are recorded where the request line is: same route, method,
+     * status and duration. */
+    metrics_api_request(
+        route_template[route < sizeof route_template / sizeof route_template[0]
+                           ? route
+                           : R_NONE],
+        req->method_name, status,
+        (double)(uv_now(a->cfg.loop) - req->start_ms) / 1000.0);
     if (!log_enabled(LOG_DEBUG)) {
         return;
     }
@@ -201,6 +210,7 @@ void api_respond_error(struct api *a, struct http_request *req,
     if (req == NULL) {
         return;
     }
+    metrics_api_error(api_errors[e].code, api_errors[e].status);
     if (e == AE_OVERLOADED || e == AE_UNAVAILABLE || e == AE_SHUTTING_DOWN) {
         snprintf(extra, sizeof extra, "Retry-After: 1\r\n");
     }
@@ -627,19 +637,59 @@ static int method_allowed(enum route_id id, int method)
 
 /* --- Auth ------------------------------------------------------------- */
 
+/* A verified (account, key) pair is remembered in a small direct-mapped
+ * cache, so the SHA-256 and the SQLite lookup are paid once per key rather
+ * than once per request. Entries are valid only for the storage's current
+ * keys generation, which moves on every SET_KEY and restore, so a rotated
+ * or revoked key stops working at the same index as without the cache. The
+ * presented key is compared with the cached one in constant time. */
+static unsigned auth_slot(const char *acc, size_t acc_len, const char *key,
+                          size_t key_len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    size_t i;
+
+    for (i = 0; i < acc_len; i++) {
+        h = (h ^ (uint8_t)acc[i]) * 16777619u;
+    }
+    for (i = 0; i < key_len; i++) {
+        h = (h ^ (uint8_t)key[i]) * 16777619u;
+    }
+    return h % API_AUTH_CACHE;
+}
+
 static int auth_account(struct api *a, struct http_request *req,
                         const struct route *r)
 {
     const struct http_header *h = http_request_header(req, "maven-api-key");
     uint8_t hash[SHA256_LEN];
+    uint64_t gen = storage_keys_generation(a->cfg.storage);
+    struct api_auth_entry *e;
+    const char *acc = r->where.acc.base;
+    size_t acc_len = r->where.acc.len;
 
-    if (h == NULL || h->value_len == 0 ||
-        !api_valid_account(r->where.acc.base, r->where.acc.len)) {
+    if (h == NULL || h->value_len == 0 || !api_valid_account(acc, acc_len)) {
         return 0;
     }
+    e = &a->auth_cache[auth_slot(acc, acc_len, h->value, h->value_len)];
+    if (h->value_len <= sizeof e->key && e->gen == gen && e->gen != 0 &&
+        e->acc_len == acc_len && memcmp(e->acc, acc, acc_len) == 0 &&
+        e->key_len == h->value_len &&
+        ct_equal(e->key, h->value, h->value_len)) {
+        return 1;
+    }
     sha256(h->value, h->value_len, hash);
-    return storage_key_verify(a->cfg.storage, r->where.acc.base,
-                              r->where.acc.len, hash);
+    if (!storage_key_verify(a->cfg.storage, acc, acc_len, hash)) {
+        return 0;
+    }
+    if (h->value_len <= sizeof e->key && acc_len <= sizeof e->acc) {
+        memcpy(e->acc, acc, acc_len);
+        e->acc_len = acc_len;
+        memcpy(e->key, h->value, h->value_len);
+        e->key_len = h->value_len;
+        e->gen = gen;
+    }
+    return 1;
 }
 
 /* Compare the bearer token in constant time (over the token's length:
@@ -711,7 +761,13 @@ static void write_cb(struct consensus_propose *prop, int status,
                      const struct storage_result *result)
 {
     struct api_op *op = CONTAINER_OF(prop, struct api_op, prop);
+    struct api *a = op->api;
 
+    /* The op was made by api_propose with the write timeout as deadline. */
+    metrics_api_proposal(
+        (double)(uv_now(a->cfg.loop) -
+                 (op->deadline - a->cfg.write_timeout_ms)) /
+        1000.0);
     api_op_list_remove(op);
     if (op->applied != NULL && status == CONSENSUS_OK &&
         result->status == STORAGE_OK) {

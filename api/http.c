@@ -51,6 +51,7 @@
 #include <strings.h>
 
 #include "../lib/buf.h"
+#include "metrics.h"
 
 #define HTTP_READ_CHUNK 65536 /* bytes per read buffer */
 #define HTTP_LINGER_MS 2000   /* longest wait for the client's EOF, ms */
@@ -582,6 +583,11 @@ static void conn_write_cb(uv_write_t *wreq, int status)
     struct http_conn *c = w->conn;
     unsigned i;
 
+    if (status >= 0) {
+        for (i = 0; i < w->n; i++) {
+            metrics_http_bytes_out(w->bufs[i].len);
+        }
+    }
     if (w->owned) {
         for (i = 0; i < w->n; i++) {
             free(w->bufs[i].base);
@@ -799,6 +805,7 @@ static void conn_close(struct http_conn *c)
         c->next->prev = c->prev;
     }
     s->n_conns--;
+    metrics_http_connection_closed();
     uv_close((uv_handle_t *)&c->tcp, conn_handle_close_cb);
     uv_close((uv_handle_t *)&c->timer, conn_handle_close_cb);
 }
@@ -860,6 +867,9 @@ static void conn_timer_cb(uv_timer_t *t)
 {
     struct http_conn *c = t->data;
 
+    if (c->timer_mode == TIMER_REQUEST) {
+        metrics_http_request_rejected("request_timeout");
+    }
     conn_close(c);
 }
 
@@ -1121,6 +1131,7 @@ static void conn_fail(struct http_conn *c, int status)
     } else {
         status = 400;
     }
+    metrics_http_request_rejected(status == 400 ? "bad_request" : code);
     req = calloc(1, sizeof *req);
     if (req == NULL) {
         conn_close(c);
@@ -1210,6 +1221,9 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
     struct http_conn *c = st->data;
 
+    if (nread > 0) {
+        metrics_http_bytes_in((size_t)nread);
+    }
     if (nread > 0 && !c->lingering && !c->no_more && !c->closing) {
         size_t n;
 
@@ -1362,6 +1376,7 @@ static void server_connection_cb(uv_stream_t *listener, int status)
         return;
     }
     if (s->stopping || s->n_conns >= s->limits.max_connections) {
+        metrics_http_connection_rejected(s->stopping ? "stopping" : "limit");
         server_reject(s);
         return;
     }
@@ -1395,6 +1410,7 @@ static void server_connection_cb(uv_stream_t *listener, int status)
     }
     s->conns = c;
     s->n_conns++;
+    metrics_http_connection_opened();
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c);
         return;

@@ -24,6 +24,7 @@
 #define API_REGISTER_MS 1000     /* self-registration check period */
 #define API_CHANGE_TIMEOUT_MS 60000 /* membership change HTTP wait */
 #define API_SECRET_HEADER "x-ctxd-secret"
+#define API_AUTH_CACHE 256       /* verified (account, key) pairs remembered */
 
 #define CONTAINER_OF(ptr, type, field) \
     ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
@@ -161,6 +162,16 @@ struct op_list
     struct api_op *head, *tail; /* oldest first */
 };
 
+/* One remembered successful key check (see auth_account in api.c). */
+struct api_auth_entry
+{
+    uint64_t gen;      /* storage keys generation when verified; 0: empty */
+    char acc[64];      /* account id */
+    size_t acc_len;
+    char key[128];     /* the key as presented */
+    size_t key_len;
+};
+
 struct api
 {
     struct api_config cfg;       /* copy; strings point to our copies */
@@ -184,6 +195,7 @@ struct api
     char **strings;              /* copies of cfg strings (owned) */
     unsigned n_strings;          /* entries used in strings */
     struct buf scratch;          /* reused for command encoding */
+    struct api_auth_entry auth_cache[API_AUTH_CACHE]; /* key checks */
     uv_timer_t timer;            /* timeout scan, registration */
     uv_check_t check;            /* wakes OP_MIN waiters after each turn */
     uint64_t last_register;      /* uv_now() of the last registration check */

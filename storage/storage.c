@@ -186,6 +186,8 @@ struct storage
     uint64_t applied_index;         /* last entry applied; = meta */
     uint64_t last_time_ms;          /* its monotonic time; = meta */
     uint64_t purged;                /* properties removed by PURGE; = meta */
+    uint64_t keys_generation;       /* bumped whenever an account key may
+                                       have changed (SET_KEY, restore) */
 };
 
 /* What one apply needs besides the storage. */
@@ -428,6 +430,7 @@ int storage_open(struct storage **out)
     if (s == NULL) {
         return STORAGE_ENOMEM;
     }
+    s->keys_generation = 1;
     rc = db_open(&s->db);
     if (rc != 0) {
         goto err_after_alloc;
@@ -539,6 +542,7 @@ static int op_set_key(struct storage *s, const struct cmd *c)
     sqlite3_stmt *st = s->st[ST_ACC_PUT];
     int rc = bind_f(st, 1, c->acc);
 
+    s->keys_generation++; /* even if rolled back: a spurious bump is safe */
     if (rc == SQLITE_OK) {
         rc = bind_f(st, 2, c->key_hash);
     }
@@ -1033,6 +1037,11 @@ err_after_alloc:
 }
 
 /* --- Queries ---------------------------------------------------------- */
+
+uint64_t storage_keys_generation(const struct storage *s)
+{
+    return s->keys_generation;
+}
 
 int storage_key_verify(struct storage *s, const char *acc, size_t acc_len,
                        const uint8_t hash[32])
@@ -1613,6 +1622,7 @@ int storage_restore(struct storage *s, const void *data, size_t len)
     }
 
     /* Everything checked: swap the new database in. */
+    fresh.keys_generation = s->keys_generation + 1;
     stmts_finalize(s->st);
     sqlite3_close(s->db);
     *s = fresh;

@@ -87,6 +87,11 @@ uint64_t storage_last_time_ms(const struct storage *s);
 int storage_key_verify(struct storage *s, const char *acc, size_t acc_len,
                        const uint8_t hash[32]);
 
+/* A counter that changes whenever an account key may have changed (a
+ * SET_KEY applied, a restore): callers caching key checks drop their cache
+ * when it moves. */
+uint64_t storage_keys_generation(const struct storage *s);
+
 /* 1 when the namespace exists, 0 when not. */
 int storage_ns_exists(struct storage *s, const char *acc, size_t acc_len,
                       const char *ns, size_t ns_len);
@@ -140,6 +145,10 @@ struct storage_counts
     uint64_t accounts, namespaces, sessions, properties, purged;
 };
 int storage_counts(struct storage *s, struct storage_counts *c);
+
+/* Bytes of the database: pages in use times the page size (0 when SQLite
+ * cannot say). For metrics. */
+uint64_t storage_db_bytes(struct storage *s);
 
 /* --- Snapshots and comparison --------------------------------------- */
 

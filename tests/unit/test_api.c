@@ -237,6 +237,20 @@ static void data_routes_need_the_account_key(void **state)
     }
 }
 
+static void a_rotated_key_stops_working_at_once_despite_the_key_cache(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const fresh[] = {"maven-api-key", "k-fresh", NULL};
+    const char *url = "/v1/account/acc1/ns1/s1/properties?consistency=stale";
+
+    /* Twice: the second check is answered from the cache. */
+    assert_int_equal(call(f, "GET", url, auth1, NULL, NULL, 0, NULL, 0), 200);
+    assert_int_equal(call(f, "GET", url, auth1, NULL, NULL, 0, NULL, 0), 200);
+    set_key(f, "acc1", "k-fresh");
+    assert_int_equal(call(f, "GET", url, auth1, NULL, NULL, 0, NULL, 0), 401);
+    assert_int_equal(call(f, "GET", url, fresh, NULL, NULL, 0, NULL, 0), 200);
+}
+
 static void admin_routes_need_the_bearer_token(void **state)
 {
     static const char *const wrong[] = {"authorization", "Bearer nope", NULL};
@@ -468,6 +482,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(data_routes_need_the_account_key, setup, teardown),
         cmocka_unit_test_setup_teardown(admin_routes_need_the_bearer_token, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            a_rotated_key_stops_working_at_once_despite_the_key_cache, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(body_without_json_content_type_is_415, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(malformed_or_wrong_json_is_400, setup, teardown),
