@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "../lib/crypto.h"
+#include "../lib/log.h"
 #include "internal.h"
 #include "metrics.h"
 
@@ -102,26 +103,140 @@ int api_handle_digest(struct api *a, struct http_request *req)
     return 0;
 }
 
-/* GET /admin/v1/backup: the whole database as one SQLite file, taken at
- * one applied index (named in X-Context-Index). The copy is taken on the
- * loop in one step (sqlite3_serialize of the in-memory database), so it is
- * consistent by construction. */
+/* GET /admin/v1/backup: the whole database as one SQLite file at one
+ * applied index (named in X-Context-Index), without stopping the node.
+ *
+ *   start (storage_backup_start) ──▶ step: BACKUP_STEP_PAGES pages per
+ *   loop turn (a timer of 0 ms), applies and requests run in between ──▶
+ *   done: http_respond_owned streams the copy in chunks ──▶ body released:
+ *   the copy is freed
+ *
+ * The job outlives nothing it does not own: it keeps the storage (closed
+ * only after the loop has ended, which its timer prevents), the loop and
+ * the request, never the api, which may be closed while the body is still
+ * being written. It frees itself once its timer is closed and the body
+ * released (refs). */
+#define BACKUP_STEP_PAGES 256 /* pages per loop turn: 1 MiB of 4 KiB pages */
+
+struct backup_job
+{
+    uv_timer_t timer;           /* one step per expiry */
+    uv_loop_t *loop;            /* the api's loop */
+    struct storage_backup *bk;  /* owned: the copy in progress, then done */
+    struct http_request *req;   /* answered once (then NULL) */
+    char node_header[64];       /* copy of the api's X-Context-Node line */
+    uint64_t start_ms;          /* uv_now when the request completed */
+    unsigned refs;              /* timer open + body in use */
+};
+
+static void backup_job_release(struct backup_job *j)
+{
+    if (--j->refs == 0) {
+        storage_backup_free(j->bk);
+        free(j);
+    }
+}
+
+static void backup_timer_closed(uv_handle_t *h)
+{
+    backup_job_release(h->data);
+}
+
+static void backup_body_free(void *data)
+{
+    backup_job_release(data);
+}
+
+/* The request line and metrics of the answer (api_respond's, which needs
+ * the api). */
+static void backup_log(struct backup_job *j, int status)
+{
+    uint64_t ms = uv_now(j->loop) - j->start_ms;
+
+    metrics_api_request("/admin/v1/backup", "GET", status,
+                        (double)ms / 1000.0);
+    LOGD("request",
+         " method=GET route=\"/admin/v1/backup\" status=%d duration_ms=%llu "
+         "request_id=\"\"",
+         status, (unsigned long long)ms);
+}
+
+/* Step the copy; on completion or failure answer and stop. */
+static void backup_timer_cb(uv_timer_t *t)
+{
+    struct backup_job *j = t->data;
+    const void *data;
+    size_t len;
+    uint64_t index;
+    char extra[256];
+    int done = 0;
+    int rv = storage_backup_step(j->bk, BACKUP_STEP_PAGES, &done);
+
+    if (rv == 0 && !done) {
+        uv_timer_start(&j->timer, backup_timer_cb, 0, 0);
+        return;
+    }
+    if (rv == 0) {
+        rv = storage_backup_image(j->bk, &data, &len, &index);
+    }
+    if (rv != 0) {
+        LOGW("backup failed", " err=\"%s\"", storage_strerror(rv));
+        backup_log(j, 500);
+        metrics_api_error("internal", 500);
+        http_respond_error(j->req, 500, j->node_header, "internal",
+                           "backup failed: the state changed under it");
+    } else {
+        snprintf(extra, sizeof extra,
+                 "%sContent-Type: application/vnd.sqlite3\r\n"
+                 "Content-Disposition: attachment; "
+                 "filename=\"ctxd-backup.db\"\r\n"
+                 "X-Context-Index: %llu\r\n",
+                 j->node_header, (unsigned long long)index);
+        LOGI("backup taken", " index=%llu bytes=%zu duration_ms=%llu",
+             (unsigned long long)index, len,
+             (unsigned long long)(uv_now(j->loop) - j->start_ms));
+        backup_log(j, 200);
+        j->refs++; /* the body's */
+        http_respond_owned(j->req, 200, extra, data, len, backup_body_free, j);
+    }
+    j->req = NULL;
+    uv_close((uv_handle_t *)&j->timer, backup_timer_closed);
+}
+
 int api_handle_backup(struct api *a, struct http_request *req)
 {
-    void *data = NULL;
-    size_t len = 0;
-    char extra[160];
+    struct backup_job *j;
+    int rv;
 
-    if (storage_snapshot(a->cfg.storage, &data, &len) != STORAGE_OK) {
+    if (a->cfg.loop == NULL) {
         return AE_INTERNAL;
     }
-    snprintf(extra, sizeof extra,
-             "Content-Type: application/vnd.sqlite3\r\n"
-             "Content-Disposition: attachment; filename=\"ctxd-backup.db\"\r\n"
-             "X-Context-Index: %llu\r\n",
-             (unsigned long long)storage_applied_index(a->cfg.storage));
-    api_respond(a, req, 200, extra, data, len);
-    free(data);
+    j = calloc(1, sizeof *j);
+    if (j == NULL) {
+        return AE_INTERNAL;
+    }
+    rv = storage_backup_start(a->cfg.storage, &j->bk);
+    if (rv != STORAGE_OK) {
+        free(j);
+        if (rv == STORAGE_EBUSY) {
+            api_respond_error(a, req, AE_OVERLOADED,
+                              "another backup is in progress, retry");
+            return 0;
+        }
+        return AE_INTERNAL;
+    }
+    if (uv_timer_init(a->cfg.loop, &j->timer) != 0) {
+        storage_backup_free(j->bk);
+        free(j);
+        return AE_INTERNAL;
+    }
+    j->timer.data = j;
+    j->loop = a->cfg.loop;
+    j->req = req;
+    j->start_ms = req->start_ms;
+    j->refs = 1; /* the timer's */
+    snprintf(j->node_header, sizeof j->node_header, "%s", a->node_header);
+    uv_timer_start(&j->timer, backup_timer_cb, 0, 0);
     return 0;
 }
 

@@ -124,11 +124,24 @@ struct http_conn
     struct http_conn *next;       /* server list */
 };
 
+/* A response body handed over by http_respond_owned. refs counts the
+ * request holding it plus each queued write of one of its chunks; the
+ * owner's free function runs when the last one lets go. */
+struct http_ext_body
+{
+    const char *base;           /* the bytes (not ours to free) */
+    size_t len;                 /* bytes of base */
+    void (*free_fn)(void *data); /* the owner's release, called once */
+    void *free_data;            /* its argument */
+    unsigned refs;              /* holders, see above */
+};
+
 /* One uv_write of one or more serialized responses. */
 struct http_write
 {
     uv_write_t req;        /* libuv request, req.data unused */
     struct http_conn *conn; /* the connection written to */
+    struct http_ext_body *ext; /* chunk of this owned body, or NULL */
     int owned;             /* bufs[i].base are malloc'd and freed here */
     unsigned n;            /* entries of bufs */
     uv_buf_t bufs[];       /* the responses */
@@ -289,8 +302,19 @@ static void headers_free(struct http_header *h, unsigned n)
     free(h);
 }
 
+static void ext_release(struct http_ext_body *e)
+{
+    if (--e->refs == 0) {
+        e->free_fn(e->free_data);
+        free(e);
+    }
+}
+
 static void request_free(struct http_request *req)
 {
+    if (req->ext != NULL) {
+        ext_release(req->ext);
+    }
     free(req->url);
     headers_free(req->headers, req->n_headers);
     free(req->body);
@@ -396,33 +420,33 @@ static int respond_detached(struct http_request *req, int status,
     return 0;
 }
 
-int http_respond(struct http_request *req, int status, const char *headers,
-                 const char *body, size_t body_len)
+/* Answer a request of a live connection: the body is copied from
+ * body[0..body_len), or, when req->ext is set (http_respond_owned), it is
+ * the handed-over body, written after the header by conn_write_ext. */
+static int respond_conn(struct http_request *req, int status,
+                        const char *headers, const char *body,
+                        size_t body_len)
 {
     struct http_conn *c = req->conn;
     struct buf b = BUF_INIT;
+    size_t length = req->ext != NULL ? req->ext->len : body_len;
     int keep;
     int no_body;
 
-    if (status < 100 || status > 599) {
-        status = 500;
-    }
-    if (req->gone) {
-        request_free(req);
-        return 0;
-    }
-    if (c == NULL) {
-        return respond_detached(req, status, headers, body, body_len);
-    }
     /* While stopping, the last queued request tells the client we close. */
     keep = req->keep_alive && !(c->srv->stopping && req == c->tail);
     no_body = req->method == HTTP_HEAD || status < 200 || status == 204 ||
               status == 304;
+    if (no_body && req->ext != NULL) {
+        ext_release(req->ext);
+        req->ext = NULL;
+    }
     if (buf_printf(&b, "HTTP/1.1 %d %s\r\n", status,
                    http_status_text(status)) != 0 ||
-        build_header_lines(&b, status, headers, body_len, keep) != 0 ||
+        build_header_lines(&b, status, headers, length, keep) != 0 ||
         buf_append_str(&b, "\r\n") != 0 ||
-        (!no_body && body_len > 0 && buf_append(&b, body, body_len) != 0)) {
+        (!no_body && req->ext == NULL && body_len > 0 &&
+         buf_append(&b, body, body_len) != 0)) {
         buf_free(&b);
         conn_close(c); /* detaches req and marks it gone */
         request_free(req);
@@ -437,6 +461,53 @@ int http_respond(struct http_request *req, int status, const char *headers,
         conn_update_timer(c);
     }
     return 0;
+}
+
+int http_respond_owned(struct http_request *req, int status,
+                       const char *headers, const char *body, size_t body_len,
+                       void (*body_free)(void *data), void *free_data)
+{
+    struct http_ext_body *e;
+    int rv;
+
+    if (status < 100 || status > 599) {
+        status = 500;
+    }
+    if (req->gone || req->conn == NULL || req->conn->sink != NULL) {
+        rv = http_respond(req, status, headers, body, body_len);
+        body_free(free_data);
+        return rv;
+    }
+    e = malloc(sizeof *e);
+    if (e == NULL) {
+        body_free(free_data);
+        conn_close(req->conn);
+        request_free(req);
+        return -1;
+    }
+    e->base = body;
+    e->len = body_len;
+    e->free_fn = body_free;
+    e->free_data = free_data;
+    e->refs = 1; /* the request's */
+    req->ext = e;
+    return respond_conn(req, status, headers, NULL, 0);
+}
+
+int http_respond(struct http_request *req, int status, const char *headers,
+                 const char *body, size_t body_len)
+{
+    if (status < 100 || status > 599) {
+        status = 500;
+    }
+    if (req->gone) {
+        request_free(req);
+        return 0;
+    }
+    if (req->conn == NULL) {
+        return respond_detached(req, status, headers, body, body_len);
+    }
+    return respond_conn(req, status, headers, body, body_len);
 }
 
 int http_respond_error(struct http_request *req, int status,
@@ -593,6 +664,9 @@ static void conn_write_cb(uv_write_t *wreq, int status)
             free(w->bufs[i].base);
         }
     }
+    if (w->ext != NULL) {
+        ext_release(w->ext);
+    }
     free(w);
     c->writes--;
     if (c->closing) {
@@ -635,8 +709,94 @@ static void conn_flush_offline(struct http_conn *c, unsigned n)
     }
 }
 
-/* Write every answered request at the head of the queue, in one uv_write. */
+/* Write the answered request at the head, whose body was handed over:
+ * the header, then the body in HTTP_BODY_CHUNK writes, each holding a
+ * reference to it. */
+static void conn_write_ext(struct http_conn *c)
+{
+    struct http_request *r = c->head;
+    struct http_ext_body *e = r->ext;
+    struct http_write *w;
+    size_t off;
+
+    c->head = r->next;
+    if (c->head == NULL) {
+        c->tail = NULL;
+    }
+    c->n_queued--;
+    if (!r->keep_alive) {
+        c->no_more = 1; /* this response says Connection: close */
+    }
+    r->ext = NULL; /* its reference is ours now */
+    w = malloc(sizeof *w + sizeof w->bufs[0]);
+    if (w == NULL) {
+        request_free(r);
+        ext_release(e);
+        conn_close(c);
+        return;
+    }
+    w->conn = c;
+    w->ext = NULL;
+    w->owned = 1;
+    w->n = 1;
+    w->bufs[0] = uv_buf_init(r->resp, (unsigned)r->resp_len);
+    r->resp = NULL;
+    request_free(r);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, 1,
+                 conn_write_cb) != 0) {
+        free(w->bufs[0].base);
+        free(w);
+        ext_release(e);
+        conn_close(c);
+        return;
+    }
+    c->writes++;
+    for (off = 0; off < e->len; off += HTTP_BODY_CHUNK) {
+        size_t n = e->len - off < HTTP_BODY_CHUNK ? e->len - off
+                                                  : HTTP_BODY_CHUNK;
+
+        w = malloc(sizeof *w + sizeof w->bufs[0]);
+        if (w == NULL) {
+            break;
+        }
+        w->conn = c;
+        w->ext = e;
+        w->owned = 0;
+        w->n = 1;
+        w->bufs[0] = uv_buf_init((char *)e->base + off, (unsigned)n);
+        e->refs++;
+        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, 1,
+                     conn_write_cb) != 0) {
+            e->refs--;
+            free(w);
+            break;
+        }
+        c->writes++;
+    }
+    if (off < e->len) {
+        conn_close(c); /* queued chunks complete with ECANCELED */
+    }
+    ext_release(e);
+}
+
+static void conn_flush_batch(struct http_conn *c);
+
+/* Write every answered request at the head of the queue: runs of ordinary
+ * responses in one uv_write each, handed-over bodies by conn_write_ext. */
 static void conn_flush(struct http_conn *c)
+{
+    while (!c->closing && !c->lingering && c->head != NULL && c->head->done) {
+        if (c->head->ext != NULL) {
+            conn_write_ext(c);
+        } else {
+            conn_flush_batch(c);
+        }
+    }
+}
+
+/* Write the answered requests at the head up to the first handed-over
+ * body, in one uv_write. */
+static void conn_flush_batch(struct http_conn *c)
 {
     struct http_request *r;
     struct http_write *w;
@@ -644,10 +804,7 @@ static void conn_flush(struct http_conn *c)
     unsigned i;
     int rv;
 
-    if (c->closing || c->lingering) {
-        return;
-    }
-    for (r = c->head; r != NULL && r->done; r = r->next) {
+    for (r = c->head; r != NULL && r->done && r->ext == NULL; r = r->next) {
         n++;
     }
     if (n == 0) {
@@ -663,6 +820,7 @@ static void conn_flush(struct http_conn *c)
         return;
     }
     w->conn = c;
+    w->ext = NULL;
     w->owned = 1;
     w->n = n;
     for (i = 0; i < n; i++) {
@@ -709,6 +867,7 @@ static void conn_send_continue(struct http_conn *c)
         return; /* the client sends its body after its own timeout */
     }
     w->conn = c;
+    w->ext = NULL;
     w->owned = 0;
     w->n = 1;
     w->bufs[0] = uv_buf_init((char *)text, sizeof text - 1);

@@ -75,6 +75,8 @@ struct http_request
     int done;                    /* http_respond was called */
     char *resp;                  /* serialized response */
     size_t resp_len;
+    struct http_ext_body *ext;   /* body handed over by http_respond_owned,
+                                  written after resp; NULL when none */
 };
 
 typedef void (*http_handler_fn)(void *ctx, struct http_request *req);
@@ -115,6 +117,20 @@ unsigned http_server_connections(const struct http_server *s);
  * same: the caller must not touch req either way). */
 int http_respond(struct http_request *req, int status, const char *headers,
                  const char *body, size_t body_len);
+
+/* Answer with a body handed over instead of copied (a large download: the
+ * memory is not duplicated). body[0..body_len) must stay unchanged until
+ * body_free(free_data) is called, which happens exactly once, when nothing
+ * refers to the body any more: after the last byte is written or the
+ * connection is closed, at once when the client is gone, when this returns
+ * -1, or for a detached or offline request (which get a copy). The body is
+ * queued as HTTP_BODY_CHUNK-byte writes after the header, so a reader that
+ * keeps reading keeps the write timeout from firing. Otherwise as
+ * http_respond (the caller must not touch req afterwards). */
+#define HTTP_BODY_CHUNK (1024 * 1024) /* bytes per write of an owned body */
+int http_respond_owned(struct http_request *req, int status,
+                       const char *headers, const char *body, size_t body_len,
+                       void (*body_free)(void *data), void *free_data);
 
 /* Convenience: {"code":code,"message":message} with the given status. */
 int http_respond_error(struct http_request *req, int status,

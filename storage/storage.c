@@ -188,6 +188,25 @@ struct storage
     uint64_t purged;                /* properties removed by PURGE; = meta */
     uint64_t keys_generation;       /* bumped whenever an account key may
                                        have changed (SET_KEY, restore) */
+    struct storage_backup *backup;  /* the online backup in progress (not
+                                       owned), NULL when none */
+};
+
+/* An online backup (storage_backup_start): SQLite's backup API copies the
+ * pages of the live database into a private in-memory (memdb) database a
+ * few at a time. Changes made meanwhile through the same connection (every
+ * apply) are copied along by SQLite, so when the last step is done the copy
+ * equals the state at that moment; index is the applied index then. */
+struct storage_backup
+{
+    struct storage *s;     /* source; NULL once detached (restore, close) */
+    sqlite3 *dst;          /* owned memdb database receiving the pages */
+    sqlite3_backup *bk;    /* owned; NULL once finished */
+    int done;              /* the copy is complete */
+    int failed;            /* enum storage_status of a failure, 0 if none */
+    uint64_t index;        /* applied index when the copy completed */
+    unsigned char *image;  /* the copy's file image (inside dst, not owned) */
+    sqlite3_int64 size;    /* bytes of image */
 };
 
 /* What one apply needs besides the storage. */
@@ -455,10 +474,15 @@ err_after_alloc:
     return rc;
 }
 
+static void backup_detach(struct storage_backup *b, int status);
+
 void storage_close(struct storage *s)
 {
     if (s == NULL) {
         return;
+    }
+    if (s->backup != NULL) {
+        backup_detach(s->backup, STORAGE_EINTERNAL);
     }
     stmts_finalize(s->st);
     sqlite3_close(s->db);
@@ -1516,6 +1540,118 @@ int storage_snapshot(struct storage *s, void **data, size_t *len)
     return 0;
 }
 
+/* --- Online backup ---------------------------------------------------- */
+
+/* Stop copying; the backup reports status from now on. */
+static void backup_detach(struct storage_backup *b, int status)
+{
+    if (b->bk != NULL) {
+        (void)sqlite3_backup_finish(b->bk);
+        b->bk = NULL;
+    }
+    if (!b->done && b->failed == 0) {
+        b->failed = status;
+    }
+    if (b->s != NULL) {
+        b->s->backup = NULL;
+        b->s = NULL;
+    }
+}
+
+int storage_backup_start(struct storage *s, struct storage_backup **out)
+{
+    struct storage_backup *b;
+    int rc;
+
+    *out = NULL;
+    if (s->backup != NULL) {
+        return STORAGE_EBUSY;
+    }
+    b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        return STORAGE_ENOMEM;
+    }
+    /* No leading '/' in the name: a memdb database private to dst. */
+    rc = sqlite3_open_v2("file:ctxd-backup?vfs=memdb", &b->dst,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                             SQLITE_OPEN_URI,
+                         NULL);
+    if (rc != SQLITE_OK) {
+        goto err_after_open;
+    }
+    b->bk = sqlite3_backup_init(b->dst, "main", s->db, "main");
+    if (b->bk == NULL) {
+        rc = sqlite3_errcode(b->dst);
+        goto err_after_open;
+    }
+    b->s = s;
+    s->backup = b;
+    *out = b;
+    return 0;
+
+err_after_open:
+    sqlite3_close(b->dst);
+    free(b);
+    return rc == SQLITE_NOMEM ? STORAGE_ENOMEM : STORAGE_EINTERNAL;
+}
+
+int storage_backup_step(struct storage_backup *b, int pages, int *done)
+{
+    int rc;
+
+    *done = 0;
+    if (b->failed != 0) {
+        return b->failed;
+    }
+    if (b->done) {
+        *done = 1;
+        return 0;
+    }
+    rc = sqlite3_backup_step(b->bk, pages > 0 ? pages : 1);
+    if (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+        return 0; /* more to copy (or try again next time) */
+    }
+    if (rc != SQLITE_DONE) {
+        backup_detach(b, rc == SQLITE_NOMEM ? STORAGE_ENOMEM
+                                            : STORAGE_EINTERNAL);
+        return b->failed;
+    }
+    /* Complete: the copy is the state at this applied index. */
+    b->index = b->s->applied_index;
+    backup_detach(b, 0);
+    b->image = sqlite3_serialize(b->dst, "main", &b->size,
+                                 SQLITE_SERIALIZE_NOCOPY);
+    if (b->image == NULL || b->size <= 0) {
+        b->failed = STORAGE_EINTERNAL;
+        return b->failed;
+    }
+    b->done = 1;
+    *done = 1;
+    return 0;
+}
+
+int storage_backup_image(const struct storage_backup *b, const void **data,
+                         size_t *len, uint64_t *index)
+{
+    if (!b->done) {
+        return b->failed != 0 ? b->failed : STORAGE_EBUSY;
+    }
+    *data = b->image;
+    *len = (size_t)b->size;
+    *index = b->index;
+    return 0;
+}
+
+void storage_backup_free(struct storage_backup *b)
+{
+    if (b == NULL) {
+        return;
+    }
+    backup_detach(b, STORAGE_EINTERNAL);
+    sqlite3_close(b->dst);
+    free(b);
+}
+
 /* 0 when PRAGMA integrity_check answers exactly one row "ok". */
 static int check_integrity(sqlite3 *db)
 {
@@ -1621,7 +1757,11 @@ int storage_restore(struct storage *s, const void *data, size_t len)
         goto err_after_prepare;
     }
 
-    /* Everything checked: swap the new database in. */
+    /* Everything checked: swap the new database in. A backup of the old
+     * database cannot complete any more. */
+    if (s->backup != NULL) {
+        backup_detach(s->backup, STORAGE_EINTERNAL);
+    }
     fresh.keys_generation = s->keys_generation + 1;
     stmts_finalize(s->st);
     sqlite3_close(s->db);

@@ -42,7 +42,8 @@
     X(STORAGE_ETOOLARGE, 3, "document too large")                    \
     X(STORAGE_ECORRUPT, 4, "malformed command or entry")             \
     X(STORAGE_ENOMEM, 5, "out of memory")                            \
-    X(STORAGE_EINTERNAL, 6, "database error")
+    X(STORAGE_EINTERNAL, 6, "database error")                       \
+    X(STORAGE_EBUSY, 7, "busy: another backup is in progress")
 
 enum storage_status {
 #define STORAGE_ENUM(name, code, text) name = code,
@@ -160,6 +161,30 @@ int storage_snapshot(struct storage *s, void **data, size_t *len);
  * validated (SQLite header, schema, integrity); on failure the old state is
  * kept and ECORRUPT returned. Does not take ownership of data. */
 int storage_restore(struct storage *s, const void *data, size_t len);
+
+/* Online backup: a consistent copy of the database taken a few pages at a
+ * time, so the caller can copy between other work (applies, queries).
+ * Changes applied meanwhile are carried into the copy by SQLite; the copy
+ * is the state at the applied index current when the last step completes.
+ *
+ *   storage_backup_start ──▶ storage_backup_step ... (*done = 1)
+ *     ──▶ storage_backup_image ──▶ storage_backup_free
+ *
+ * One backup at a time per storage (EBUSY otherwise). storage_restore and
+ * storage_close end a backup in progress: its next step fails with
+ * EINTERNAL. The image stays valid until storage_backup_free, also after
+ * the storage is closed. */
+struct storage_backup; /* opaque */
+int storage_backup_start(struct storage *s, struct storage_backup **out);
+/* Copy up to `pages` more pages (SQLite pages, 4 KiB by default). Returns
+ * 0 (with *done = 1 once complete) or an error (the backup failed). */
+int storage_backup_step(struct storage_backup *b, int pages, int *done);
+/* The SQLite file image of a complete backup and its applied index; the
+ * bytes belong to the backup. EBUSY before completion. */
+int storage_backup_image(const struct storage_backup *b, const void **data,
+                         size_t *len, uint64_t *index);
+/* Free the backup (ends it if in progress). NULL is allowed. */
+void storage_backup_free(struct storage_backup *b);
 
 /* SHA-256 over the logical content (every row of every table in key
  * order), independent of page layout. */
