@@ -1110,6 +1110,65 @@ static int consensus_bootstrap(struct consensus *c,
     return rv;
 }
 
+/* Completion of the initial snapshot put: status, or -1 while pending. */
+static void consensus_initial_put_cb(struct raft_io_snapshot_put *req,
+                                     int status)
+{
+    *(int *)req->data = status;
+}
+
+/* --restore: write the image as the snapshot at initial_index (term 1,
+ * configuration: this node alone, voter) through raft_uv itself, before
+ * raft_start loads it, so the log of the new cluster continues after the
+ * backup's index and every index, ETag and X-REQUEST-ID of the backup keeps
+ * its meaning. raft_uv writes snapshots on the thread pool: the loop runs
+ * here, at start-up, until the put completes (nothing else is on the loop
+ * yet). */
+static int consensus_put_initial_snapshot(struct consensus *c,
+                                          const struct consensus_config *cfg)
+{
+    struct raft_snapshot snap;
+    struct raft_buffer buf;
+    struct raft_io_snapshot_put put;
+    int status = -1;
+    int rv;
+
+    memset(&snap, 0, sizeof snap);
+    raft_configuration_init(&snap.configuration);
+    rv = raft_configuration_add(&snap.configuration, cfg->id, cfg->raft_addr,
+                                RAFT_VOTER);
+    if (rv != 0) {
+        goto out;
+    }
+    rv = c->io.set_term(&c->io, 1);
+    if (rv != 0) {
+        goto out;
+    }
+    buf.base = (void *)cfg->initial_snapshot;
+    buf.len = cfg->initial_snapshot_len;
+    snap.index = cfg->initial_index;
+    snap.term = 1;
+    snap.configuration_index = cfg->initial_index;
+    snap.bufs = &buf;
+    snap.n_bufs = 1;
+    put.data = &status;
+    rv = c->io.snapshot_put(&c->io, 0, &put, &snap, consensus_initial_put_cb);
+    if (rv != 0) {
+        goto out;
+    }
+    while (status == -1) {
+        uv_run(c->loop, UV_RUN_ONCE);
+    }
+    rv = status;
+    if (rv == 0) {
+        LOGI("raft initial snapshot written", " index=%llu bytes=%zu",
+             (unsigned long long)cfg->initial_index, buf.len);
+    }
+out:
+    raft_configuration_close(&snap.configuration);
+    return rv;
+}
+
 static int consensus_map_start(int rv)
 {
     return rv == RAFT_NOMEM ? CONSENSUS_ENOMEM : CONSENSUS_EIO;
@@ -1214,7 +1273,17 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         rv = CONSENSUS_EINVAL;
         goto err_after_raft_init;
     }
-    rv = consensus_bootstrap(c, cfg, &bootstrapped);
+    if (cfg->initial_snapshot != NULL) {
+        rv = consensus_put_initial_snapshot(c, cfg);
+        if (rv != 0) {
+            snprintf(errmsg, errmsg_len, "raft initial snapshot: %s",
+                     raft_strerror(rv));
+            rv = consensus_map_start(rv);
+            goto err_after_raft_init;
+        }
+    } else {
+        rv = consensus_bootstrap(c, cfg, &bootstrapped);
+    }
     if (rv != 0) {
         snprintf(errmsg, errmsg_len, "raft bootstrap: %s", raft_errmsg(&c->raft));
         rv = consensus_map_start(rv);

@@ -71,6 +71,15 @@ struct consensus_config
                                              after this, default 5000 */
     int join;                     /* 1: never bootstrap; wait to be added by
                                      the leader (--join) */
+    const void *initial_snapshot; /* --restore: instead of bootstrapping,
+                                     start from this SQLite image (validated
+                                     by the caller) as the Raft snapshot at
+                                     initial_index, term 1, with this node
+                                     alone as voter; only on a first start
+                                     (empty data dir). Not owned: needed
+                                     only during consensus_start. */
+    size_t initial_snapshot_len;  /* bytes of initial_snapshot */
+    uint64_t initial_index;       /* the image's applied index, >= 1 */
 };
 
 /* Create the raft instance, bootstrap it on first start (data dir empty),

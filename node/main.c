@@ -3,6 +3,14 @@
  * Start-up order: config → data dir + lock → admin token → storage →
  * consensus (raft) → api → HTTP listener → signals → loop.
  *
+ * Restore (--restore FILE, first start of the first node of a new cluster):
+ * the file is read and validated (storage_restore into a scratch storage:
+ * SQLite header, integrity, schema), the data dir must hold no Raft state,
+ * and consensus starts from the image as its snapshot at the backup's
+ * applied index instead of bootstrapping. The node starts alone; the others
+ * join it empty (--join). Every start logs whether it is a first start, a
+ * restart (Raft state found) or a restore.
+ *
  * Shutdown (SIGINT/SIGTERM), each step in the previous one's callback:
  *   api_shutdown (new requests: 503) → http_server_stop (listener closed,
  *   connections closed once their last response is written; writes in
@@ -10,6 +18,7 @@
  *   still pending fails) → api_close → signal handles closed → the loop
  *   ends → storage closed → exit 0. A guard timer ends the process with
  *   status 1 if a stop takes longer than SHUTDOWN_GUARD_MS. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -23,6 +32,7 @@
 
 #include "../api/api.h"
 #include "../api/http.h"
+#include "../api/metrics.h"
 #include "../consensus/consensus.h"
 #include "../lib/crypto.h"
 #include "../lib/log.h"
@@ -30,6 +40,7 @@
 #include "config.h"
 
 #define SHUTDOWN_GUARD_MS 30000 /* longest graceful stop before exit(1) */
+#define RESTORE_MAX_BYTES (64ull << 30) /* largest backup file read */
 #define TOKEN_MAX 512           /* bytes of an admin token file */
 
 struct node
@@ -48,7 +59,152 @@ struct node
     uv_timer_t guard;            /* shutdown deadline */
     int stopping;                /* a signal was received */
     struct consensus_member members[CONFIG_MAX_MEMBERS]; /* for consensus */
+    const char *restore_path;    /* --restore FILE (points into argv), or
+                                    NULL */
 };
+
+/* Take --restore FILE / --restore=FILE (else CTXD_RESTORE) out of argv, so
+ * that config_parse sees only its own flags. Returns 0, or -1 when the flag
+ * has no value. */
+static int take_restore_flag(struct node *n, int *argc, char **argv)
+{
+    const char *env = getenv("CTXD_RESTORE");
+    int i;
+    int out = 1;
+
+    if (env != NULL && env[0] != '\0') {
+        n->restore_path = env;
+    }
+    for (i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--restore") == 0) {
+            if (i + 1 >= *argc) {
+                return -1;
+            }
+            n->restore_path = argv[++i];
+        } else if (strncmp(argv[i], "--restore=", 10) == 0) {
+            n->restore_path = argv[i] + 10;
+        } else {
+            argv[out++] = argv[i];
+        }
+    }
+    argv[out] = NULL;
+    *argc = out;
+    return n->restore_path != NULL && n->restore_path[0] == '\0' ? -1 : 0;
+}
+
+/* 1 when dir has any entry (Raft state), 0 when empty or absent. */
+static int dir_has_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+
+    if (d == NULL) {
+        return 0;
+    }
+    while (!found && (e = readdir(d)) != NULL) {
+        found = strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    }
+    closedir(d);
+    return found;
+}
+
+/* Read the whole backup file into a malloc'd buffer. */
+static int read_backup_file(const char *path, void **data, size_t *len)
+{
+    struct stat st;
+    size_t got = 0;
+    char *p;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    *data = NULL;
+    *len = 0;
+    if (fd < 0) {
+        return -1;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+        (unsigned long long)st.st_size > RESTORE_MAX_BYTES) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    p = malloc((size_t)st.st_size);
+    if (p == NULL) {
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, p + got, (size_t)st.st_size - got);
+
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            free(p);
+            close(fd);
+            errno = r == 0 ? EINVAL : errno;
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    *data = p;
+    *len = got;
+    return 0;
+}
+
+/* --restore: check the setting and the file; on success *data holds the
+ * image (malloc'd) and *index its applied index. Each refusal is logged and
+ * printed. */
+static int restore_prepare(struct node *n, const char *raft_dir, void **data,
+                           size_t *len, uint64_t *index)
+{
+    struct storage *scratch;
+    const char *why = NULL;
+    int rv;
+
+    *data = NULL;
+    if (n->cfg.join != NULL) {
+        why = "--restore starts a new cluster: it cannot be used with --join";
+    } else if (n->cfg.n_members > 1) {
+        why = "--restore starts a one-node cluster: start the other nodes "
+              "afterwards with --join (see docs/operations.md)";
+    } else if (dir_has_entries(raft_dir)) {
+        why = "the data dir already holds Raft state: --restore needs an "
+              "empty data dir";
+    }
+    if (why == NULL && read_backup_file(n->restore_path, data, len) != 0) {
+        LOGE("cannot read the backup file", " path=\"%s\" error=\"%s\"",
+             n->restore_path, strerror(errno));
+        fprintf(stderr, "ctxd: cannot read %s: %s\n", n->restore_path,
+                strerror(errno));
+        return -1;
+    }
+    if (why == NULL) {
+        rv = storage_open(&scratch);
+        if (rv == 0) {
+            rv = storage_restore(scratch, *data, *len);
+            *index = storage_applied_index(scratch);
+            storage_close(scratch);
+        }
+        if (rv != 0) {
+            why = "the file is not a valid ctxd backup (SQLite header, "
+                  "integrity or schema check failed)";
+        } else if (*index == 0) {
+            why = "the backup holds no applied entry: nothing to restore";
+        }
+    }
+    if (why != NULL) {
+        LOGE("restore refused", " path=\"%s\" reason=\"%s\"",
+             n->restore_path, why);
+        fprintf(stderr, "ctxd: restore refused: %s\n", why);
+        free(*data);
+        *data = NULL;
+        return -1;
+    }
+    return 0;
+}
 
 static int mkdir_p(const char *path, mode_t mode)
 {
@@ -267,6 +423,10 @@ static int start(struct node *n)
     struct http_limits limits;
     char raft_dir[4200];
     char errmsg[512];
+    void *image = NULL;
+    size_t image_len = 0;
+    uint64_t image_index = 0;
+    const char *kind;
     unsigned i;
     int rv;
 
@@ -287,8 +447,17 @@ static int start(struct node *n)
              strerror(errno));
         return -1;
     }
+    kind = dir_has_entries(raft_dir) ? "restart" : "first";
+    if (n->restore_path != NULL) {
+        if (restore_prepare(n, raft_dir, &image, &image_len, &image_index) !=
+            0) {
+            return -1;
+        }
+        kind = "restore";
+    }
     if (storage_open(&n->storage) != 0) {
         LOGE("cannot open the state machine database", NULL);
+        free(image);
         return -1;
     }
 
@@ -312,10 +481,18 @@ static int start(struct node *n)
     cc.purge_interval_ms = (unsigned)n->cfg.purge_interval_ms;
     cc.join = n->cfg.join != NULL;
     cc.install_snapshot_timeout_ms = (unsigned)n->cfg.install_snapshot_timeout_ms;
+    cc.initial_snapshot = image;
+    cc.initial_snapshot_len = image_len;
+    cc.initial_index = image_index;
     rv = consensus_start(&n->consensus, &cc, errmsg, sizeof errmsg);
+    free(image);
     if (rv != 0) {
         LOGE("cannot start raft", " error=\"%s\"", errmsg);
         return -1;
+    }
+    if (n->restore_path != NULL) {
+        LOGI("restored from backup", " path=\"%s\" index=%llu bytes=%zu",
+             n->restore_path, (unsigned long long)image_index, image_len);
     }
 
     memset(&ac, 0, sizeof ac);
@@ -385,10 +562,11 @@ static int start(struct node *n)
          (unsigned long long)n->cfg.election_timeout_ms,
          (unsigned long long)n->cfg.heartbeat_ms);
     LOGI("ctxd started",
-         " id=%llu http=%s raft=%s region=%s data_dir=\"%s\" members=%u",
+         " id=%llu http=%s raft=%s region=%s data_dir=\"%s\" members=%u "
+         "start=%s",
          (unsigned long long)n->cfg.id, n->cfg.http_addr, n->cfg.raft_addr,
          n->cfg.region, n->cfg.data_dir,
-         n->cfg.n_members == 0 ? 1 : n->cfg.n_members);
+         n->cfg.n_members == 0 ? 1 : n->cfg.n_members, kind);
     return 0;
 }
 
@@ -401,10 +579,19 @@ int main(int argc, char **argv)
     int rv;
 
     signal(SIGPIPE, SIG_IGN);
+    if (take_restore_flag(n, &argc, argv) != 0) {
+        fprintf(stderr, "ctxd: --restore needs a file\n");
+        return 2;
+    }
     rv = config_parse(&n->cfg, argc, argv, errmsg, sizeof errmsg);
     if (rv != 0) {
         if (rv < 0) {
             fprintf(stderr, "ctxd: %s\n", errmsg);
+        } else {
+            printf("\n  --restore FILE\n      start a new cluster from a "
+                   "backup (GET /admin/v1/backup): first start of its first "
+                   "node,\n      empty data dir, no --join; see "
+                   "docs/operations.md\n      env CTXD_RESTORE\n");
         }
         config_free(&n->cfg);
         return rv > 0 ? 0 : 2;
@@ -448,5 +635,6 @@ int main(int argc, char **argv)
         LOGI("stopped", NULL);
     }
     config_free(&n->cfg);
+    metrics_process_free();
     return rv == 0 ? 0 : rv == -2 ? 2 : 1;
 }
