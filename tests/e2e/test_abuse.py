@@ -474,7 +474,13 @@ class ManyConnections(harness.NodeTestCase):
         node = harness.Node(args=["--max-connections", str(N_CONNS + 500),
                                   "--max-body-bytes", "65536",
                                   "--request-timeout-ms", "1000",
-                                  "--idle-timeout-ms", "60000"], env=ASAN_SMALL)
+                                  "--idle-timeout-ms", "60000",
+                                  # The good client's requests must all
+                                  # succeed; on a loaded CI machine an fsync
+                                  # can stall for seconds, so give commits
+                                  # and read barriers more than the default.
+                                  "--read-timeout-ms", "20000",
+                                  "--write-timeout-ms", "20000"], env=ASAN_SMALL)
         self.nodes = [node]
         self.addCleanup(node.cleanup)
         node.start()
