@@ -29,6 +29,8 @@ READY_BUDGET_S = 30.0         # bound on a cluster becoming ready
 KILL_WAIT_S = 10.0            # bound on a killed process exiting
 HTTP_PORT = 8080              # in a namespace
 RAFT_PORT = 9080              # in a namespace
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer")
 
 
 class ClusterError(Exception):
@@ -277,6 +279,22 @@ class Cluster:
                 raise ClusterError("nodes %s still refuse the new API key after %.0f s"
                                    % (sorted(pending), budget))
             time.sleep(0.05)
+
+    def sanitizer_reports(self):
+        """{id: first sanitizer report line} of the nodes whose log has one
+        (ASan/UBSan builds under fault are part of what a drill checks)."""
+        out = {}
+        for i, x in sorted(self.nodes.items()):
+            try:
+                with open(x["log"], "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if any(m in line for m in SANITIZER_MARKERS):
+                    out[i] = line.strip()
+                    break
+        return out
 
     def log_tail(self, i, lines=30):
         try:

@@ -11,7 +11,8 @@ Timeline of one run (D = duration, t = 0 when the workload starts):
   then     final linearizable reads of every key on every node, checker.
 The verdict of a run is "pass" only when the history is linearizable (final
 reads included, so no acknowledged write is lost), the digests converged
-within 10 s, and no node died on its own. A checker search that exceeds its
+within 10 s, no node died on its own and no node log holds a sanitizer
+report. A checker search that exceeds its
 budget makes the run "inconclusive", never a pass.
 
 Invariants: the cluster and the network of a run are torn down on every
@@ -240,6 +241,9 @@ def run_scenario(name, opts, use_net, run_no, log):
         fin, failures = final_reads(cluster, target, cluster.ids())
         if failures:
             res["errors"].append("final reads failed: %s" % "; ".join(failures[:5]))
+        san = cluster.sanitizer_reports()
+        if san:
+            res["errors"].append("sanitizer reports: %r" % san)
         ops = wl.rec.ops + fin
         chk = checker.check_history(ops, opts.budget)
         survivors = set(cluster.ids()) - fault.nodes
