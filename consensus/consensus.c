@@ -1285,13 +1285,18 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         rv = consensus_bootstrap(c, cfg, &bootstrapped);
     }
     if (rv != 0) {
-        snprintf(errmsg, errmsg_len, "raft bootstrap: %s", raft_errmsg(&c->raft));
+        snprintf(errmsg, errmsg_len, "raft bootstrap: %s",
+                 raft_errmsg(&c->raft)[0] != '\0' ? raft_errmsg(&c->raft)
+                                                  : raft_strerror(rv));
         rv = consensus_map_start(rv);
         goto err_after_raft_init;
     }
     rv = raft_start(&c->raft);
     if (rv != 0) {
-        snprintf(errmsg, errmsg_len, "raft start: %s", raft_errmsg(&c->raft));
+        snprintf(errmsg, errmsg_len, "raft start: %s (is %s in use?)",
+                 raft_errmsg(&c->raft)[0] != '\0' ? raft_errmsg(&c->raft)
+                                                  : raft_strerror(rv),
+                 cfg->raft_addr);
         rv = consensus_map_start(rv);
         goto err_after_raft_init;
     }
