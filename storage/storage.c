@@ -713,9 +713,12 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
     if (c->has_if_match && c->if_match != version) {
         return STORAGE_EPRECONDITION;
     }
-    rc = ns_create(s, a, c);
-    if (rc == 0) {
-        rc = ns_get(s, c, &ns_exists, &ns_ttl);
+    /* Look before creating: the namespace almost always exists, and a read
+     * is cheaper than an INSERT OR IGNORE. */
+    rc = ns_get(s, c, &ns_exists, &ns_ttl);
+    if (rc == 0 && !ns_exists) {
+        rc = ns_create(s, a, c);
+        ns_ttl = 0;
     }
     if (rc != 0) {
         return rc;
