@@ -1516,7 +1516,18 @@ static void dispatch(struct api *a, struct http_request *req)
             break;
         default:
             if (!auth_account(a, req, &r)) {
-                rv = AE_UNAUTHORIZED;
+                /* A follower may not have applied a key the leader has
+                 * already acknowledged (just created or rotated, or this
+                 * node restarted): before saying 401, catch up with the
+                 * leader's commit index, as a linearizable read does, and
+                 * check again. No leader reachable: 503, not 401. */
+                if (!(gate & GATE_AUTH_RETRY) && a->cfg.consensus != NULL &&
+                    !is_leader(a)) {
+                    req->data = (void *)((uintptr_t)req->data | GATE_AUTH_RETRY);
+                    rv = api_read_index_wait(a, req);
+                } else {
+                    rv = AE_UNAUTHORIZED;
+                }
             } else if (req->method == HTTP_GET) {
                 rv = handle_read(a, req, &r);
             } else {

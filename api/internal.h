@@ -34,6 +34,7 @@
 #define GATE_MIN_INDEX 1u /* X-Context-Min-Index satisfied */
 #define GATE_BARRIER 2u   /* linearizability confirmed after arrival */
 #define GATE_FORWARDED 4u /* arrived from a follower: never forward again */
+#define GATE_AUTH_RETRY 8u /* key re-checked after catching up with the leader */
 #define GATE_MASK 0xffu
 #define ROUTE_SHIFT 8
 

@@ -33,6 +33,25 @@ class ClusterCalls(ClusterTestCase):
         self.assertStatus(r, 200)
         self.assertEqual(r.body, b'"hi"')
 
+    def test_a_key_acknowledged_by_the_leader_works_at_once_on_every_follower(self):
+        c = self.start_cluster()
+        leader = c.wait_leader()
+        for i in range(5):
+            adm = leader.admin(c.token)
+            self.addCleanup(adm.close)
+            key = adm.create_account("fresh%d" % i)
+            for f in c.followers(leader):
+                cl = f.client(key)
+                self.addCleanup(cl.close)
+                r = cl.put("/v1/account/fresh%d/ns/s/properties/p" % i, "1")
+                self.assertStatus(r, 204)
+                r = cl.get("/v1/account/fresh%d/ns/s/properties/p" % i)
+                self.assertStatus(r, 200)
+        # A wrong key is still refused on a follower, after its re-check.
+        cl = c.followers(leader)[0].client("not-a-key")
+        self.addCleanup(cl.close)
+        self.assertStatus(cl.get("/v1/account/fresh0/ns/s/properties/p"), 401)
+
     def assertSameAnswer(self, a, b, what):
         self.assertEqual(a.status, b.status, "%s: leader %r, follower %r" % (what, a, b))
         self.assertEqual(a.body, b.body, "%s: leader %r, follower %r" % (what, a, b))
