@@ -226,6 +226,29 @@ class Ctxd:
                 time.sleep(0.05)
         return key
 
+    def join(self, nid, via_port):
+        """Start node nid with an empty data dir, admitted through via_port."""
+        base = free_base(1)
+        self.ports.append(base)
+        self.raft.append(base + 1000)
+        assert len(self.ports) == nid
+        argv = [self.binary, "--id", str(nid),
+                "--data-dir", os.path.join(self.work, "node%d" % nid, "data"),
+                "--http-addr", "127.0.0.1:%d" % base,
+                "--raft-addr", "127.0.0.1:%d" % (base + 1000),
+                "--log-level", self.log_level,
+                "--join", "127.0.0.1:%d" % via_port] + self.extra
+        self.start(nid, argv)
+
+    def digest_index(self, port):
+        try:
+            st, body = self.admin(port, "GET", "/admin/v1/digest", timeout=2.0)
+        except (OSError, http.client.HTTPException):
+            return None
+        if st != 200:
+            return None
+        return json.loads(body)["index"]
+
     def stop(self):
         for p in self.procs.values():
             if p.poll() is None:
@@ -391,7 +414,7 @@ def fill(port, requests, conc=16, timeout=30.0):
         sys.exit("bench: fill failed: %s" % failures[0])
 
 
-def ctxd_fill(port, key, sessions, vbytes, props=1, batch=500, conc=16):
+def ctxd_fill(port, key, sessions, vbytes, props=1, batch=500, conc=16, ns=NS):
     """Every session s0..s(N-1) gets properties p (props=1) or p0..p(props-1),
     batch properties per PATCH."""
     value = '"' + "v" * (vbytes - 2) + '"'
@@ -399,7 +422,7 @@ def ctxd_fill(port, key, sessions, vbytes, props=1, batch=500, conc=16):
 
     def gen():
         for s in range(sessions):
-            path = "/v1/account/%s/%s/s%d/properties" % (ACC, NS, s)
+            path = "/v1/account/%s/%s/s%d/properties" % (ACC, ns, s)
             if props <= 1:
                 yield "PATCH", path, '{"p":%s}' % value, hdrs
                 continue
