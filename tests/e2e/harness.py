@@ -673,6 +673,46 @@ CLUSTER_READY_BUDGET = 30.0   # seconds for a whole cluster to become ready
 CONVERGE_BUDGET = 10.0        # seconds for replicas to reach one digest
 
 
+class SharedNodeTestCase(NodeTestCase):
+    """One node for all the tests of a class, started once.
+
+    Subclasses set `node_args` / `node_env` (flags and environment of the
+    node) and, optionally, `account` to get `cls.key` for that account and
+    `keep_admin = True` to keep `cls.admin` open for the tests."""
+
+    node_args = []
+    node_env = None
+    account = None
+    keep_admin = False
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(args=list(cls.node_args), env=cls.node_env)
+        cls.nodes = [cls.node]
+        cls.admin = None
+        try:
+            cls.node.start()
+            cls.admin = cls.node.admin()
+            if cls.account is not None:
+                cls.key = cls.admin.create_account(cls.account)
+            if not cls.keep_admin:
+                cls.admin.close()
+                cls.admin = None
+        except BaseException:
+            print(cls.node.log_tail())
+            cls.node.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            if cls.admin is not None:
+                cls.admin.close()
+            cls.node.stop()
+        finally:
+            cls.node.cleanup()
+
+
 def get_json(client, path, **kw):
     """GET path with client; return the decoded JSON of a 200 answer, else None.
     Connection errors also give None (the node may be down or restarting)."""

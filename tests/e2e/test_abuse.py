@@ -56,38 +56,19 @@ def served(node, key, path):
         c.close()
 
 
-class Limits(harness.NodeTestCase):
+class Limits(harness.SharedNodeTestCase):
     """One node with small limits, shared by the tests of this class."""
 
-    nodes = []
-
-    @classmethod
-    def setUpClass(cls):
-        cls.node = harness.Node(args=[
-            "--request-timeout-ms", str(REQUEST_TIMEOUT_MS),
-            "--idle-timeout-ms", str(IDLE_TIMEOUT_MS),
-            "--max-header-bytes", str(MAX_HEADER),
-            "--max-body-bytes", str(MAX_BODY),
-            "--max-patch-properties", str(MAX_PATCH),
-            "--max-pipeline", str(MAX_PIPELINE),
-            "--max-write-bytes", str(MAX_WRITE)], env=ASAN_SMALL)
-        cls.nodes = [cls.node]
-        try:
-            cls.node.start()
-            admin = cls.node.admin()
-            cls.key = admin.create_account("abuse")
-            admin.close()
-        except BaseException:
-            print(cls.node.log_tail())
-            cls.node.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.node.stop()
-        finally:
-            cls.node.cleanup()
+    node_args = [
+        "--request-timeout-ms", str(REQUEST_TIMEOUT_MS),
+        "--idle-timeout-ms", str(IDLE_TIMEOUT_MS),
+        "--max-header-bytes", str(MAX_HEADER),
+        "--max-body-bytes", str(MAX_BODY),
+        "--max-patch-properties", str(MAX_PATCH),
+        "--max-pipeline", str(MAX_PIPELINE),
+        "--max-write-bytes", str(MAX_WRITE)]
+    node_env = ASAN_SMALL
+    account = "abuse"
 
     def setUp(self):
         self.raws = []

@@ -10,34 +10,14 @@ import socket
 import time
 
 import harness
-from harness import NodeTestCase, q, request_bytes
+from harness import q, request_bytes
 
 _counter = itertools.count()
 RESERVED = ("consumer", "operational", "conversation", "faas", "custom", "sde")
 
 
-class ApiErrors(NodeTestCase):
-    nodes = []
-
-    @classmethod
-    def setUpClass(cls):
-        cls.node = harness.Node()
-        cls.nodes = [cls.node]
-        try:
-            cls.node.start()
-            cls.admin = cls.node.admin()
-        except BaseException:
-            print(cls.node.log_tail())
-            cls.node.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.admin.close()
-            cls.node.stop()
-        finally:
-            cls.node.cleanup()
+class ApiErrors(harness.SharedNodeTestCase):
+    keep_admin = True
 
     def setUp(self):
         self.acc = "err%d" % next(_counter)

@@ -10,34 +10,14 @@ import re
 import time
 
 import harness
-from harness import NodeTestCase, q, raw_members
+from harness import q, raw_members
 
 CREATED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 _counter = itertools.count()
 
 
-class ApiRows(NodeTestCase):
-    nodes = []
-
-    @classmethod
-    def setUpClass(cls):
-        cls.node = harness.Node()
-        cls.nodes = [cls.node]
-        try:
-            cls.node.start()
-            cls.admin = cls.node.admin()
-        except BaseException:
-            print(cls.node.log_tail())
-            cls.node.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.admin.close()
-            cls.node.stop()
-        finally:
-            cls.node.cleanup()
+class ApiRows(harness.SharedNodeTestCase):
+    keep_admin = True
 
     def setUp(self):
         self.acc = "acc%d_%s" % (next(_counter), self._testMethodName[5:40])

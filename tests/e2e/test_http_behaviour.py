@@ -18,33 +18,13 @@ IDLE_TIMEOUT_MS = 1500
 RSS_LIMIT_KB = 300 * 1024
 
 
-class HttpBehaviour(NodeTestCase):
-    nodes = []
-
-    @classmethod
-    def setUpClass(cls):
-        # A small ASan quarantine, so that VmRSS reflects live memory (freed
-        # blocks otherwise stay resident, up to 256 MB by default).
-        cls.node = harness.Node(args=["--request-timeout-ms", str(REQUEST_TIMEOUT_MS),
-                                      "--idle-timeout-ms", str(IDLE_TIMEOUT_MS)],
-                                env={"ASAN_OPTIONS": "detect_leaks=1:quarantine_size_mb=32"})
-        cls.nodes = [cls.node]
-        try:
-            cls.node.start()
-            admin = cls.node.admin()
-            cls.key = admin.create_account("http")
-            admin.close()
-        except BaseException:
-            print(cls.node.log_tail())
-            cls.node.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.node.stop()
-        finally:
-            cls.node.cleanup()
+class HttpBehaviour(harness.SharedNodeTestCase):
+    node_args = ["--request-timeout-ms", str(REQUEST_TIMEOUT_MS),
+                 "--idle-timeout-ms", str(IDLE_TIMEOUT_MS)]
+    # A small ASan quarantine, so that VmRSS reflects live memory (freed
+    # blocks otherwise stay resident, up to 256 MB by default).
+    node_env = {"ASAN_OPTIONS": "detect_leaks=1:quarantine_size_mb=32"}
+    account = "http"
 
     def setUp(self):
         self.raws = []
