@@ -323,6 +323,28 @@ static void raft_state_set(struct metrics *m, const char *role)
 /* GET /metrics: Prometheus text exposition format 0.0.4. The scrape-time
  * values (raft, state, process) are copied into the process registry, then
  * the whole registry is written. */
+/* A scrape costs the loop about a millisecond (every series formatted,
+ * /proc read) and needs no key, so it is rate limited: a token bucket of
+ * API_METRICS_BURST scrapes refilled at API_METRICS_PER_S per second. A
+ * monitoring system scrapes every few seconds at most; a client pipelining
+ * scrapes to stall the node gets 429. */
+static int metrics_admit(struct api *a)
+{
+    uint64_t now = uv_now(a->cfg.loop);
+    double refill = (double)(now - a->metrics_at) * API_METRICS_PER_S / 1000.0;
+
+    a->metrics_at = now;
+    a->metrics_tokens += refill;
+    if (a->metrics_tokens > API_METRICS_BURST) {
+        a->metrics_tokens = API_METRICS_BURST;
+    }
+    if (a->metrics_tokens < 1.0) {
+        return 0;
+    }
+    a->metrics_tokens -= 1.0;
+    return 1;
+}
+
 int api_handle_metrics(struct api *a, struct http_request *req)
 {
     struct consensus_info info;
@@ -332,6 +354,9 @@ int api_handle_metrics(struct api *a, struct http_request *req)
 
     if (m == NULL) {
         return AE_INTERNAL;
+    }
+    if (!metrics_admit(a)) {
+        return AE_SCRAPES;
     }
     api_consensus_info(a, &info);
     if (storage_counts(a->cfg.storage, &counts) != STORAGE_OK) {

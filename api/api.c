@@ -211,7 +211,8 @@ void api_respond_error(struct api *a, struct http_request *req,
         return;
     }
     metrics_api_error(api_errors[e].code, api_errors[e].status);
-    if (e == AE_OVERLOADED || e == AE_UNAVAILABLE || e == AE_SHUTTING_DOWN) {
+    if (e == AE_OVERLOADED || e == AE_SCRAPES || e == AE_UNAVAILABLE ||
+        e == AE_SHUTTING_DOWN) {
         snprintf(extra, sizeof extra, "Retry-After: 1\r\n");
     }
     rv = buf_append_str(&body, "{\"code\":\"");
@@ -1710,6 +1711,8 @@ int api_init(struct api **out, const struct api_config *cfg)
     if (a->cfg.max_patch_properties == 0) {
         a->cfg.max_patch_properties = 1000;
     }
+    a->metrics_tokens = API_METRICS_BURST;
+    a->metrics_at = uv_now(cfg->loop);
     snprintf(a->node_header, sizeof a->node_header, "X-Context-Node: %llu\r\n",
              (unsigned long long)cfg->node_id);
     uv_timer_init(cfg->loop, &a->timer);

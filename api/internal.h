@@ -25,6 +25,8 @@
 #define API_CHANGE_TIMEOUT_MS 60000 /* membership change HTTP wait */
 #define API_SECRET_HEADER "x-ctxd-secret"
 #define API_AUTH_CACHE 256       /* verified (account, key) pairs remembered */
+#define API_METRICS_BURST 20.0   /* scrapes admitted at once */
+#define API_METRICS_PER_S 10.0   /* scrapes admitted per second after that */
 
 #define CONTAINER_OF(ptr, type, field) \
     ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
@@ -69,6 +71,7 @@
     X(AE_MEDIA_TYPE, 415, "unsupported_media_type",                            \
       "body must be application/json")                                         \
     X(AE_OVERLOADED, 429, "overloaded", "too many pending writes, retry")      \
+    X(AE_SCRAPES, 429, "overloaded", "metrics scraped too often, retry")       \
     X(AE_INTERNAL, 500, "internal", "internal error")                          \
     X(AE_UNAVAILABLE, 503, "unavailable", "no leader reachable, retry")        \
     X(AE_SHUTTING_DOWN, 503, "unavailable", "node is shutting down")           \
@@ -197,6 +200,8 @@ struct api
     unsigned n_strings;          /* entries used in strings */
     struct buf scratch;          /* reused for command encoding */
     struct api_auth_entry auth_cache[API_AUTH_CACHE]; /* key checks */
+    double metrics_tokens;       /* scrape token bucket (see admin.c) */
+    uint64_t metrics_at;         /* uv_now() of its last refill */
     uv_timer_t timer;            /* timeout scan, registration */
     uv_check_t check;            /* wakes OP_MIN waiters after each turn */
     uint64_t last_register;      /* uv_now() of the last registration check */

@@ -74,6 +74,22 @@ class Limits(harness.SharedNodeTestCase):
         self.raws = []
         self.addCleanup(lambda: [r.close() for r in self.raws])
 
+
+    def test_metrics_scraped_in_a_burst_are_rate_limited_with_429(self):
+        # A scrape needs no key and costs the loop real work: a burst of
+        # pipelined scrapes gets 429 with Retry-After past the first few.
+        raw = self.node.raw(timeout=10)
+        self.raws.append(raw)
+        raw.send(request_bytes("GET", "/metrics") * 60)
+        statuses = [raw.response().status for _ in range(60)]
+        self.assertIn(200, statuses)
+        self.assertIn(429, statuses)
+        self.assertLessEqual(statuses.count(200), 30, statuses)
+        time.sleep(1.5)
+        c = self.node.client()
+        self.addCleanup(c.close)
+        self.assertEqual(c.get("/metrics").status, 200)
+
     def raw(self, timeout=5.0):
         r = self.node.raw(timeout=timeout)
         self.raws.append(r)
