@@ -320,9 +320,6 @@ static void raft_state_set(struct metrics *m, const char *role)
     }
 }
 
-/* GET /metrics: Prometheus text exposition format 0.0.4. The scrape-time
- * values (raft, state, process) are copied into the process registry, then
- * the whole registry is written. */
 /* A scrape costs the loop about a millisecond (every series formatted,
  * /proc read) and needs no key, so it is rate limited: a token bucket of
  * API_METRICS_BURST scrapes refilled at API_METRICS_PER_S per second. A
@@ -345,6 +342,47 @@ static int metrics_admit(struct api *a)
     return 1;
 }
 
+/* The costly scrape-time values: row counts (COUNT(*) scans whole
+ * tables: tens of ms at a million properties), database size, RSS and open
+ * descriptors (a /proc directory walk, one entry per connection). Taken at
+ * most once per METRICS_STATE_MS and reused in between; one node per
+ * process, so one cache. */
+#define METRICS_STATE_MS 1000 /* ms a taken value is reused */
+
+static struct
+{
+    int valid;                    /* taken at least once */
+    uint64_t at_ms;               /* api_wall_ms() when taken */
+    struct storage_counts counts; /* row counts */
+    double db_bytes;              /* storage_db_bytes */
+    double rss;                   /* process_rss_bytes */
+    double fds;                   /* process_open_fds */
+} state_cache;
+
+/* Refresh state_cache when older than METRICS_STATE_MS. */
+static int state_cache_update(struct api *a)
+{
+    uint64_t now = api_wall_ms();
+
+    if (state_cache.valid && now >= state_cache.at_ms &&
+        now - state_cache.at_ms < METRICS_STATE_MS) {
+        return 0;
+    }
+    if (storage_counts(a->cfg.storage, &state_cache.counts) != STORAGE_OK) {
+        state_cache.valid = 0;
+        return -1;
+    }
+    state_cache.db_bytes = (double)storage_db_bytes(a->cfg.storage);
+    state_cache.rss = process_rss_bytes();
+    state_cache.fds = process_open_fds();
+    state_cache.at_ms = now;
+    state_cache.valid = 1;
+    return 0;
+}
+
+/* GET /metrics: Prometheus text exposition format 0.0.4. The scrape-time
+ * values (raft, state, process) are copied into the process registry, then
+ * the whole registry is written. */
 int api_handle_metrics(struct api *a, struct http_request *req)
 {
     struct consensus_info info;
@@ -359,9 +397,10 @@ int api_handle_metrics(struct api *a, struct http_request *req)
         return AE_SCRAPES;
     }
     api_consensus_info(a, &info);
-    if (storage_counts(a->cfg.storage, &counts) != STORAGE_OK) {
+    if (state_cache_update(a) != 0) {
         return AE_INTERNAL;
     }
+    counts = state_cache.counts;
     gauge_set(m, "ctxd_raft_leader", info.is_leader ? 1 : 0);
     gauge_set(m, "ctxd_raft_leader_id", (double)info.leader_id);
     gauge_set(m, "ctxd_raft_term", (double)info.term);
@@ -392,10 +431,9 @@ int api_handle_metrics(struct api *a, struct http_request *req)
     gauge_set(m, "ctxd_sessions", (double)counts.sessions);
     gauge_set(m, "ctxd_properties", (double)counts.properties);
     counter_copy(m, "ctxd_purged_properties_total", counts.purged);
-    gauge_set(m, "ctxd_database_bytes",
-              (double)storage_db_bytes(a->cfg.storage));
-    gauge_set(m, "process_resident_memory_bytes", process_rss_bytes());
-    gauge_set(m, "process_open_fds", process_open_fds());
+    gauge_set(m, "ctxd_database_bytes", state_cache.db_bytes);
+    gauge_set(m, "process_resident_memory_bytes", state_cache.rss);
+    gauge_set(m, "process_open_fds", state_cache.fds);
     if (metrics_write(m, &body) != METRICS_OK) {
         buf_free(&body);
         return AE_INTERNAL;
