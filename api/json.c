@@ -146,7 +146,7 @@ static int hex_value(unsigned char c)
     return -1;
 }
 
-/* Read "\uXXXX" at s->pos (the backslash); advance past it. */
+/* Read "\uHHHH" (four hex digits) at s->pos (the backslash); advance past it. */
 static int read_u_escape(struct scanner *s, unsigned *cp)
 {
     unsigned v = 0;
