@@ -59,6 +59,7 @@
  *   write callbacks, with UV_ECANCELED, before it). The client is freed
  *   once its last handle is closed, after client_close. */
 #include "client.h"
+#include "headers.h"
 
 #include <http_parser.h>
 #include <limits.h>
@@ -96,12 +97,7 @@ struct client_conn
     /* The response being parsed, bounded by max_response_bytes. */
     http_parser parser;           /* HTTP_RESPONSE, parser.data = this */
     size_t resp_bytes;            /* header and body bytes so far */
-    struct buf hname;             /* header name being received */
-    struct buf hval;              /* header value being received */
-    int in_value;                 /* the last header callback was a value */
-    struct http_header *hdrs;     /* complete headers, owned */
-    unsigned n_hdrs;              /* used entries of hdrs */
-    unsigned cap_hdrs;            /* allocated entries of hdrs */
+    struct http_header_list hdrs; /* headers of the response being parsed */
     struct buf body;              /* response body */
     int complete;                 /* a whole response is parsed */
     int too_big;                  /* max_response_bytes was passed */
@@ -176,21 +172,7 @@ void client_limits_default(struct client_limits *l)
     l->connect_timeout_ms = 1000;
 }
 
-static char ascii_lower(char ch)
-{
-    return ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
-}
 
-static void headers_free(struct http_header *h, unsigned n)
-{
-    unsigned i;
-
-    for (i = 0; i < n; i++) {
-        free(h[i].name);
-        free(h[i].value);
-    }
-    free(h);
-}
 
 /* Parse "a.b.c.d:port" or "[v6]:port". Returns 0 or -1. */
 static int addr_parse(const char *addr, struct sockaddr_storage *sa)
@@ -420,14 +402,8 @@ static void client_handle_closed(struct client *c)
 
 static void conn_parse_reset(struct client_conn *conn)
 {
-    buf_free(&conn->hname);
-    buf_free(&conn->hval);
     buf_free(&conn->body);
-    headers_free(conn->hdrs, conn->n_hdrs);
-    conn->hdrs = NULL;
-    conn->n_hdrs = 0;
-    conn->cap_hdrs = 0;
-    conn->in_value = 0;
+    http_headers_reset(&conn->hdrs);
     conn->resp_bytes = 0;
     conn->complete = 0;
 }
@@ -563,56 +539,6 @@ static int conn_count(struct client_conn *conn, size_t n)
     return 0;
 }
 
-/* Move the header in hname/hval to hdrs: name lower-cased, value trimmed
- * of blanks. Returns 0 or -1 on out of memory. */
-static int conn_push_header(struct client_conn *conn)
-{
-    struct http_header *h;
-    const char *v = conn->hval.base != NULL ? conn->hval.base : "";
-    size_t vlen = conn->hval.len;
-    size_t i;
-
-    if (conn->n_hdrs == conn->cap_hdrs) {
-        unsigned cap = conn->cap_hdrs != 0 ? conn->cap_hdrs * 2 : 8;
-        struct http_header *grown;
-
-        grown = realloc(conn->hdrs, cap * sizeof *grown);
-        if (grown == NULL) {
-            return -1;
-        }
-        conn->hdrs = grown;
-        conn->cap_hdrs = cap;
-    }
-    while (vlen > 0 && (v[0] == ' ' || v[0] == '\t')) {
-        v++;
-        vlen--;
-    }
-    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
-        vlen--;
-    }
-    h = &conn->hdrs[conn->n_hdrs];
-    h->name = malloc(conn->hname.len + 1);
-    h->value = malloc(vlen + 1);
-    if (h->name == NULL || h->value == NULL) {
-        free(h->name);
-        free(h->value);
-        return -1;
-    }
-    for (i = 0; i < conn->hname.len; i++) {
-        h->name[i] = ascii_lower(conn->hname.base[i]);
-    }
-    h->name[conn->hname.len] = '\0';
-    if (vlen > 0) {
-        memcpy(h->value, v, vlen);
-    }
-    h->value[vlen] = '\0';
-    h->value_len = vlen;
-    conn->n_hdrs++;
-    buf_reset(&conn->hname);
-    buf_reset(&conn->hval);
-    conn->in_value = 0;
-    return 0;
-}
 
 static int on_message_begin(http_parser *hp)
 {
@@ -630,10 +556,8 @@ static int on_header_field(http_parser *hp, const char *at, size_t len)
 {
     struct client_conn *conn = hp->data;
 
-    if (conn->in_value && conn_push_header(conn) != 0) {
-        return -1;
-    }
-    if (conn_count(conn, len) != 0 || buf_append(&conn->hname, at, len) != 0) {
+    if (conn_count(conn, len) != 0 ||
+        http_headers_field(&conn->hdrs, at, len) != 0) {
         return -1;
     }
     return 0;
@@ -643,8 +567,8 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
 {
     struct client_conn *conn = hp->data;
 
-    conn->in_value = 1;
-    if (conn_count(conn, len) != 0 || buf_append(&conn->hval, at, len) != 0) {
+    if (conn_count(conn, len) != 0 ||
+        http_headers_value(&conn->hdrs, at, len) != 0) {
         return -1;
     }
     return 0;
@@ -655,7 +579,7 @@ static int on_headers_complete(http_parser *hp)
     struct client_conn *conn = hp->data;
     size_t max = conn->peer->client->limits.max_response_bytes;
 
-    if (conn->in_value && conn_push_header(conn) != 0) {
+    if (http_headers_end(&conn->hdrs) != 0) {
         return -1;
     }
     /* Refuse a declared body over the bound before reading any of it. */
@@ -711,7 +635,8 @@ static void conn_deliver(struct client_conn *conn)
     struct client *c = p->client;
     struct client_request *req = conn->head;
     struct client_response resp;
-    struct http_header *hdrs = conn->hdrs;
+    unsigned n_hdrs;
+    struct http_header *hdrs = http_headers_take(&conn->hdrs, &n_hdrs);
     struct buf body = conn->body;
     int keep = http_should_keep_alive(&conn->parser);
 
@@ -723,12 +648,9 @@ static void conn_deliver(struct client_conn *conn)
     conn->n_reqs--;
     resp.status = (int)conn->parser.status_code;
     resp.headers = hdrs;
-    resp.n_headers = conn->n_hdrs;
+    resp.n_headers = n_hdrs;
     resp.body = body.base != NULL ? body.base : "";
     resp.body_len = body.len;
-    conn->hdrs = NULL;
-    conn->n_hdrs = 0;
-    conn->cap_hdrs = 0;
     conn->body = (struct buf)BUF_INIT;
     conn_parse_reset(conn);
     if (!keep) {
@@ -736,7 +658,7 @@ static void conn_deliver(struct client_conn *conn)
         conn_abort(conn, NULL, 0, CLIENT_REDISPATCH);
     }
     request_complete(c, req, CLIENT_OK, &resp);
-    headers_free(hdrs, resp.n_headers);
+    http_headers_free(hdrs, n_hdrs);
     buf_free(&body);
     if (keep && !c->closing && !conn->closing && p->q_head != NULL) {
         peer_dispatch(p); /* a pipeline slot is free */

@@ -42,6 +42,7 @@
  *   handle at all: it is never on the server's list, its timer and reading
  *   are never touched, and what would be written is appended to sink. */
 #include "http.h"
+#include "headers.h"
 
 #include <http_parser.h>
 #include <limits.h>
@@ -101,12 +102,7 @@ struct http_conn
     int in_request;               /* first byte seen, not yet complete */
     size_t header_bytes;          /* url + header names + values so far */
     struct buf url;               /* request target */
-    struct buf hname;             /* header name being received */
-    struct buf hval;              /* header value being received */
-    int in_value;                 /* last header callback was a value */
-    struct http_header *hdrs;     /* complete headers, owned */
-    unsigned n_hdrs;              /* used entries of hdrs */
-    unsigned cap_hdrs;            /* allocated entries of hdrs */
+    struct http_header_list hdrs; /* headers so far */
     struct buf body;              /* request body */
     int fail_status;              /* 413 or 431 set by a callback; 0: 400 */
     /* Input and output state. */
@@ -257,50 +253,6 @@ static int header_block_has(const char *block, const char *name)
 }
 
 /* Copy the lower-cased name and the blank-trimmed value into h. */
-static int header_set(struct http_header *h, const char *name,
-                      size_t name_len, const char *value, size_t value_len)
-{
-    size_t i;
-
-    while (value_len > 0 && (value[0] == ' ' || value[0] == '\t')) {
-        value++;
-        value_len--;
-    }
-    while (value_len > 0 &&
-           (value[value_len - 1] == ' ' || value[value_len - 1] == '\t')) {
-        value_len--;
-    }
-    h->name = malloc(name_len + 1);
-    h->value = malloc(value_len + 1);
-    if (h->name == NULL || h->value == NULL) {
-        free(h->name);
-        free(h->value);
-        h->name = NULL;
-        h->value = NULL;
-        return -1;
-    }
-    for (i = 0; i < name_len; i++) {
-        h->name[i] = ascii_lower(name[i]);
-    }
-    h->name[name_len] = '\0';
-    if (value_len > 0) {
-        memcpy(h->value, value, value_len);
-    }
-    h->value[value_len] = '\0';
-    h->value_len = value_len;
-    return 0;
-}
-
-static void headers_free(struct http_header *h, unsigned n)
-{
-    unsigned i;
-
-    for (i = 0; i < n; i++) {
-        free(h[i].name);
-        free(h[i].value);
-    }
-    free(h);
-}
 
 static void ext_release(struct http_ext_body *e)
 {
@@ -316,7 +268,7 @@ static void request_free(struct http_request *req)
         ext_release(req->ext);
     }
     free(req->url);
-    headers_free(req->headers, req->n_headers);
+    http_headers_free(req->headers, req->n_headers);
     free(req->body);
     free(req->resp);
     free(req);
@@ -551,7 +503,6 @@ struct http_request *http_request_new_detached(const char *method,
     size_t url_len = strlen(url);
     size_t method_len = strlen(method);
     unsigned n = 0;
-    unsigned i;
 
     if (req == NULL) {
         return NULL;
@@ -572,23 +523,22 @@ struct http_request *http_request_new_detached(const char *method,
     memcpy(req->url + url_len + 1, method, method_len + 1);
     req->url_len = url_len;
     req->method_name = req->url + url_len + 1;
-    while (headers != NULL && headers[2 * n] != NULL &&
-           headers[2 * n + 1] != NULL) {
-        n++;
-    }
-    if (n > 0) {
-        req->headers = calloc(n, sizeof *req->headers);
-        if (req->headers == NULL) {
-            goto err_after_req;
+    {
+        struct http_header_list list;
+
+        memset(&list, 0, sizeof list);
+        while (headers != NULL && headers[2 * n] != NULL &&
+               headers[2 * n + 1] != NULL) {
+            if (http_headers_add(&list, headers[2 * n], strlen(headers[2 * n]),
+                                 headers[2 * n + 1],
+                                 strlen(headers[2 * n + 1])) != 0) {
+                http_headers_reset(&list);
+                goto err_after_req;
+            }
+            n++;
         }
-    }
-    for (i = 0; i < n; i++) {
-        if (header_set(&req->headers[i], headers[2 * i],
-                       strlen(headers[2 * i]), headers[2 * i + 1],
-                       strlen(headers[2 * i + 1])) != 0) {
-            goto err_after_req;
-        }
-        req->n_headers = i + 1;
+        req->headers = http_headers_take(&list, &req->n_headers);
+        http_headers_reset(&list);
     }
     req->body = malloc(body_len + 1);
     if (req->body == NULL) {
@@ -900,14 +850,8 @@ static void server_maybe_finish(struct http_server *s)
 static void conn_parse_reset(struct http_conn *c)
 {
     buf_free(&c->url);
-    buf_free(&c->hname);
-    buf_free(&c->hval);
     buf_free(&c->body);
-    headers_free(c->hdrs, c->n_hdrs);
-    c->hdrs = NULL;
-    c->n_hdrs = 0;
-    c->cap_hdrs = 0;
-    c->in_value = 0;
+    http_headers_reset(&c->hdrs);
     c->header_bytes = 0;
 }
 
@@ -1088,55 +1032,7 @@ static int conn_count_header_bytes(struct http_conn *c, size_t n)
     return 0;
 }
 
-/* 1 for an RFC 7230 token character (header names). */
-static int is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-        (ch >= '0' && ch <= '9')) {
-        return 1;
-    }
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
 
-static int conn_commit_header(struct http_conn *c)
-{
-    size_t i;
-
-    /* http-parser lets some bytes through in names (a space before the
-     * colon): refuse them, a proxy might read the header differently. */
-    if (c->hname.len == 0) {
-        return -1;
-    }
-    for (i = 0; i < c->hname.len; i++) {
-        if (!is_tchar((unsigned char)c->hname.base[i])) {
-            return -1;
-        }
-    }
-    if (memchr(c->hval.base != NULL ? c->hval.base : "", '\0', c->hval.len) !=
-        NULL) {
-        return -1; /* 400 */
-    }
-    if (c->n_hdrs == c->cap_hdrs) {
-        unsigned cap = c->cap_hdrs == 0 ? 16 : c->cap_hdrs * 2;
-        struct http_header *h = realloc(c->hdrs, cap * sizeof *h);
-
-        if (h == NULL) {
-            return -1;
-        }
-        c->hdrs = h;
-        c->cap_hdrs = cap;
-    }
-    if (header_set(&c->hdrs[c->n_hdrs], c->hname.base != NULL ? c->hname.base : "",
-                   c->hname.len, c->hval.base != NULL ? c->hval.base : "",
-                   c->hval.len) != 0) {
-        return -1;
-    }
-    c->n_hdrs++;
-    buf_reset(&c->hname);
-    buf_reset(&c->hval);
-    c->in_value = 0;
-    return 0;
-}
 
 static int on_message_begin(http_parser *p)
 {
@@ -1168,10 +1064,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     if (conn_count_header_bytes(c, len) != 0) {
         return -1;
     }
-    if (c->in_value && conn_commit_header(c) != 0) {
-        return -1;
-    }
-    return buf_append(&c->hname, at, len);
+    return http_headers_field(&c->hdrs, at, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
@@ -1181,8 +1074,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     if (conn_count_header_bytes(c, len) != 0) {
         return -1;
     }
-    c->in_value = 1;
-    return buf_append(&c->hval, at, len);
+    return http_headers_value(&c->hdrs, at, len);
 }
 
 static int on_headers_complete(http_parser *p)
@@ -1190,7 +1082,7 @@ static int on_headers_complete(http_parser *p)
     struct http_conn *c = p->data;
     unsigned i;
 
-    if ((c->in_value || c->hname.len > 0) && conn_commit_header(c) != 0) {
+    if (http_headers_end(&c->hdrs) != 0) {
         return -1;
     }
     if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
@@ -1198,9 +1090,9 @@ static int on_headers_complete(http_parser *p)
         c->fail_status = 413;
         return -1;
     }
-    for (i = 0; i < c->n_hdrs; i++) {
-        if (strcmp(c->hdrs[i].name, "expect") == 0 &&
-            strcasecmp(c->hdrs[i].value, "100-continue") == 0 &&
+    for (i = 0; i < c->hdrs.n; i++) {
+        if (strcmp(c->hdrs.items[i].name, "expect") == 0 &&
+            strcasecmp(c->hdrs.items[i].value, "100-continue") == 0 &&
             (p->flags & F_CHUNKED || p->content_length > 0)) {
             conn_send_continue(c);
         }
@@ -1232,11 +1124,7 @@ static int on_message_complete(http_parser *p)
     req->method = (int)p->method;
     req->method_name = http_method_str((enum http_method)p->method);
     req->url = buf_steal(&c->url, &req->url_len);
-    req->headers = c->hdrs;
-    req->n_headers = c->n_hdrs;
-    c->hdrs = NULL;
-    c->n_hdrs = 0;
-    c->cap_hdrs = 0;
+    req->headers = http_headers_take(&c->hdrs, &req->n_headers);
     req->body = buf_steal(&c->body, &req->body_len);
     req->keep_alive = http_should_keep_alive(p) && !p->upgrade;
     req->start_ms = c->srv->loop != NULL ? uv_now(c->srv->loop) : 0;
