@@ -40,12 +40,35 @@ static const char schema_sql[] =
     " PRIMARY KEY(acc, ns)) WITHOUT ROWID;"
     "CREATE TABLE sessions(acc BLOB NOT NULL, ns BLOB NOT NULL,"
     " sid BLOB NOT NULL, created_ms INTEGER NOT NULL, ttl INTEGER,"
-    " version INTEGER NOT NULL, PRIMARY KEY(acc, ns, sid)) WITHOUT ROWID;"
+    " version INTEGER NOT NULL,"
+    " doc_count INTEGER NOT NULL DEFAULT 0,"
+    " doc_bytes INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY(acc, ns, sid)) WITHOUT ROWID;"
     "CREATE TABLE properties(acc BLOB NOT NULL, ns BLOB NOT NULL,"
     " sid BLOB NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,"
     " expires_ms INTEGER, PRIMARY KEY(acc, ns, sid, name)) WITHOUT ROWID;"
     "CREATE INDEX properties_expiry ON properties(expires_ms)"
     " WHERE expires_ms IS NOT NULL;"
+    /* A write drops its session's expired rows first: find them without
+     * scanning the session. */
+    "CREATE INDEX properties_session_expiry"
+    " ON properties(acc, ns, sid, expires_ms) WHERE expires_ms IS NOT NULL;"
+    /* The session row keeps the number and the bytes (name + value) of its
+     * property rows, on every path that adds, changes or removes one
+     * (writes, deletes, clears, purges), so the document size check reads
+     * one row instead of summing the session. */
+    "CREATE TRIGGER properties_ins AFTER INSERT ON properties BEGIN"
+    " UPDATE sessions SET doc_count = doc_count + 1,"
+    " doc_bytes = doc_bytes + length(NEW.name) + length(NEW.value)"
+    " WHERE acc = NEW.acc AND ns = NEW.ns AND sid = NEW.sid; END;"
+    "CREATE TRIGGER properties_del AFTER DELETE ON properties BEGIN"
+    " UPDATE sessions SET doc_count = doc_count - 1,"
+    " doc_bytes = doc_bytes - length(OLD.name) - length(OLD.value)"
+    " WHERE acc = OLD.acc AND ns = OLD.ns AND sid = OLD.sid; END;"
+    "CREATE TRIGGER properties_upd AFTER UPDATE OF value ON properties BEGIN"
+    " UPDATE sessions SET"
+    " doc_bytes = doc_bytes - length(OLD.value) + length(NEW.value)"
+    " WHERE acc = OLD.acc AND ns = OLD.ns AND sid = OLD.sid; END;"
     "CREATE TABLE requests(acc BLOB NOT NULL, rid BLOB NOT NULL,"
     " at_ms INTEGER NOT NULL, status INTEGER NOT NULL, idx INTEGER NOT NULL,"
     " PRIMARY KEY(acc, rid)) WITHOUT ROWID;"
@@ -132,9 +155,8 @@ static const struct
                            " AND expires_ms <= ?4")                           \
     X(ST_PROP_CLEAR, "DELETE FROM properties"                                 \
                      " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")              \
-    X(ST_DOC_SIZE, "SELECT count(*),"                                         \
-                   " coalesce(sum(length(name) + length(value)), 0)"          \
-                   " FROM properties WHERE acc = ?1 AND ns = ?2 AND sid = ?3") \
+    X(ST_DOC_SIZE, "SELECT doc_count, doc_bytes FROM sessions"                \
+                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")                \
     X(ST_PROPS_GET, "SELECT name, value FROM properties"                      \
                     " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"                \
                     " AND (expires_ms IS NULL OR expires_ms > ?4)"            \
@@ -750,9 +772,11 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
         return rc;
     }
 
-    if (one_name != NULL) {
+    /* The session row first: the property triggers keep its counts. */
+    rc = sess_touch(s, a, c);
+    if (rc == 0 && one_name != NULL) {
         rc = prop_put(s, c, *one_name, *one_value, expires);
-    } else {
+    } else if (rc == 0) {
         struct cmd_bytes name;
         struct cmd_bytes value;
         size_t pos = 0;
@@ -760,9 +784,6 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
         while (rc == 0 && cmd_props_next(c, &pos, &name, &value) == 1) {
             rc = prop_put(s, c, name, value, expires);
         }
-    }
-    if (rc == 0) {
-        rc = sess_touch(s, a, c);
     }
     if (rc == 0) {
         rc = doc_size(s, c, &size);

@@ -704,6 +704,60 @@ static void a_document_over_the_limit_is_refused_and_changes_nothing(void **stat
     free(value);
 }
 
+/* The session row's counts follow every path that removes properties:
+ * after each removal a document of exactly the limit fits again. */
+static void every_removal_frees_its_room_in_the_document(void **state)
+{
+    struct storage *s = *state;
+    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
+    char *value = malloc(big + 1);
+    struct cmd ns = mk(CMD_NS_PUT, "a", "t", NULL);
+    struct cmd del = mk(CMD_PROP_DELETE, "a", "n", "s");
+    uint64_t i = 1;
+
+    assert_non_null(value);
+    memset(value, '1', big);
+    value[big] = '\0';
+    del.name = B("p");
+
+    /* PROP_DELETE */
+    assert_int_equal(apply1_status(s, i++, T0, mk_put("a", "n", "s", "p", value)),
+                     STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0, del), STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0, mk_put("a", "n", "s", "q", value)),
+                     STORAGE_OK);
+    /* SESSION_CLEAR */
+    assert_int_equal(apply1_status(s, i++, T0, mk(CMD_SESSION_CLEAR, "a", "n", "s")),
+                     STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0, mk_put("a", "n", "s", "r", value)),
+                     STORAGE_OK);
+    /* NS_DELETE, then the same session again */
+    assert_int_equal(apply1_status(s, i++, T0, mk(CMD_NS_DELETE, "a", "n", NULL)),
+                     STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0, mk_put("a", "n", "s", "u", value)),
+                     STORAGE_OK);
+    /* A replaced value counts once */
+    assert_int_equal(apply1_status(s, i++, T0, mk_put("a", "n", "s", "u", value)),
+                     STORAGE_OK);
+    /* PURGE of an expired property */
+    ns.ttl = 1;
+    assert_int_equal(apply1_status(s, i++, T0, ns), STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0, mk_put("a", "t", "s", "p", value)),
+                     STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0 + 1000, mk(CMD_PURGE, "", "", NULL)),
+                     STORAGE_OK);
+    ns.ttl = 0;
+    assert_int_equal(apply1_status(s, i++, T0 + 1000, ns), STORAGE_OK);
+    assert_int_equal(apply1_status(s, i++, T0 + 1000,
+                                   mk_put("a", "t", "s", "q", value)),
+                     STORAGE_OK);
+    /* And the limit still holds after all that. */
+    assert_int_equal(apply1_status(s, i++, T0 + 1000,
+                                   mk_put("a", "t", "s", "x", "1")),
+                     STORAGE_ETOOLARGE);
+    free(value);
+}
+
 static void expired_properties_do_not_count_toward_the_document(void **state)
 {
     struct storage *s = *state;
@@ -1203,6 +1257,7 @@ int main(void)
         T(if_match_zero_means_the_session_must_not_exist),
         T(a_document_over_the_limit_is_refused_and_changes_nothing),
         T(expired_properties_do_not_count_toward_the_document),
+        T(every_removal_frees_its_room_in_the_document),
         T(a_repeated_request_id_returns_the_first_outcome),
         T(a_refused_request_is_remembered_with_its_status),
         T(a_request_id_is_forgotten_after_the_window),
