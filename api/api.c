@@ -182,21 +182,55 @@ static void log_request(struct api *a, struct http_request *req, int status)
          (unsigned long long)(uv_now(a->cfg.loop) - req->start_ms), rid_text);
 }
 
+/* Write "Name: v\r\n" (v in quotes when quoted) at p; returns the end. The
+ * request path builds these without printf. */
+static char *put_header_u64(char *p, const char *name, uint64_t v, int quoted)
+{
+    char digits[20];
+    size_t n = 0;
+    size_t name_len = strlen(name);
+
+    do {
+        digits[sizeof digits - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    memcpy(p, name, name_len);
+    p += name_len;
+    *p++ = ':';
+    *p++ = ' ';
+    if (quoted) {
+        *p++ = '"';
+    }
+    memcpy(p, digits + sizeof digits - n, n);
+    p += n;
+    if (quoted) {
+        *p++ = '"';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    *p = '\0';
+    return p;
+}
+
 int api_respond(struct api *a, struct http_request *req, int status,
                    const char *extra, const char *body, size_t len)
 {
     char headers[512];
-    int n;
+    size_t node_len = strlen(a->node_header);
+    size_t extra_len = extra != NULL ? strlen(extra) : 0;
 
     if (req == NULL) {
         return 0; /* an internal operation with nobody to answer */
     }
     log_request(a, req, status);
-    n = snprintf(headers, sizeof headers, "%s%s", a->node_header,
-                 extra != NULL ? extra : "");
-    if (n < 0 || (size_t)n >= sizeof headers) {
-        headers[0] = '\0';
+    if (node_len + extra_len >= sizeof headers) {
+        extra_len = 0; /* never with our own header lines */
     }
+    memcpy(headers, a->node_header, node_len);
+    if (extra_len > 0) {
+        memcpy(headers + node_len, extra, extra_len);
+    }
+    headers[node_len + extra_len] = '\0';
     return http_respond(req, status, headers, body, len);
 }
 
@@ -743,8 +777,7 @@ static void write_answer(struct api *a, struct http_request *req,
     }
     switch (res->status) {
         case STORAGE_OK:
-            snprintf(extra, sizeof extra, "X-Context-Index: %llu\r\n",
-                     (unsigned long long)res->index);
+            put_header_u64(extra, "X-Context-Index", res->index, 0);
             api_respond(a, req, op->success_status, extra, op->body, op->body_len);
             return;
         case STORAGE_ENOTFOUND: api_respond_error(a, req, AE_NS_NOT_FOUND, NULL); return;
@@ -1414,14 +1447,14 @@ static int handle_read(struct api *a, struct http_request *req,
         buf_free(&out);
         return rv;
     }
-    if (etag) {
-        snprintf(extra, sizeof extra,
-                 "ETag: \"%llu\"\r\nX-Context-Index: %llu\r\n",
-                 (unsigned long long)version,
-                 (unsigned long long)storage_applied_index(a->cfg.storage));
-    } else {
-        snprintf(extra, sizeof extra, "X-Context-Index: %llu\r\n",
-                 (unsigned long long)storage_applied_index(a->cfg.storage));
+    {
+        char *p = extra;
+
+        if (etag) {
+            p = put_header_u64(p, "ETag", version, 1);
+        }
+        put_header_u64(p, "X-Context-Index",
+                       storage_applied_index(a->cfg.storage), 0);
     }
     api_respond(a, req, 200, extra, out.base, out.len);
     buf_free(&out);

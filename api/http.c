@@ -339,7 +339,9 @@ static int build_header_lines(struct buf *b, int status, const char *headers,
     if (headers != NULL && buf_append_str(b, headers) != 0) {
         return -1;
     }
-    if (!no_length && buf_printf(b, "Content-Length: %zu\r\n", body_len) != 0) {
+    if (!no_length && (buf_append_str(b, "Content-Length: ") != 0 ||
+                       buf_append_u64(b, body_len) != 0 ||
+                       buf_append(b, "\r\n", 2) != 0)) {
         return -1;
     }
     if (body_len > 0 && !no_length &&
@@ -393,8 +395,11 @@ static int respond_conn(struct http_request *req, int status,
         ext_release(req->ext);
         req->ext = NULL;
     }
-    if (buf_printf(&b, "HTTP/1.1 %d %s\r\n", status,
-                   http_status_text(status)) != 0 ||
+    if (buf_append_str(&b, "HTTP/1.1 ") != 0 ||
+        buf_append_u64(&b, (uint64_t)status) != 0 ||
+        buf_append_char(&b, ' ') != 0 ||
+        buf_append_str(&b, http_status_text(status)) != 0 ||
+        buf_append(&b, "\r\n", 2) != 0 ||
         build_header_lines(&b, status, headers, length, keep) != 0 ||
         buf_append_str(&b, "\r\n") != 0 ||
         (!no_body && req->ext == NULL && body_len > 0 &&

@@ -73,6 +73,18 @@ int buf_printf(struct buf *b, const char *fmt, ...)
     return 0;
 }
 
+int buf_append_u64(struct buf *b, uint64_t v)
+{
+    char digits[20];
+    size_t n = 0;
+
+    do {
+        digits[sizeof digits - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return buf_append(b, digits + sizeof digits - n, n);
+}
+
 int buf_put_u8(struct buf *b, uint8_t v)
 {
     return buf_append(b, &v, 1);

@@ -28,6 +28,8 @@ int buf_append_str(struct buf *b, const char *s);
 int buf_append_char(struct buf *b, char c);
 int buf_printf(struct buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Append v in decimal (no printf on the request path). */
+int buf_append_u64(struct buf *b, uint64_t v);
 int buf_put_u8(struct buf *b, uint8_t v);
 int buf_put_u32(struct buf *b, uint32_t v); /* little endian */
 int buf_put_u64(struct buf *b, uint64_t v); /* little endian */
