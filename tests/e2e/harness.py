@@ -624,6 +624,23 @@ def raw_members(text):
     raise ValueError("unterminated object")
 
 
+def wait_served(node, tries=50, pause=0.05):
+    """True once a new connection to node gets 200 from /healthz (bounded:
+    a just-freed connection slot may take a moment to be released)."""
+    for _ in range(tries):
+        try:
+            c = node.client(timeout=2)
+            try:
+                if c.get("/healthz").status == 200:
+                    return True
+            finally:
+                c.close()
+        except OSError:
+            pass
+        time.sleep(pause)
+    return False
+
+
 class NodeTestCase(unittest.TestCase):
     """TestCase that prints the log tail of its nodes when a test fails.
 

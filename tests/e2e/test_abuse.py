@@ -311,18 +311,8 @@ class ConnectionCap(harness.NodeTestCase):
             self.assertEqual(h.response().status, 200)
         # A freed slot is usable again.
         held.pop().close()
-        ok = False
-        for _ in range(50):
-            try:
-                c = node.client(timeout=2)
-                ok = c.get("/healthz").status == 200
-                c.close()
-            except OSError:
-                ok = False
-            if ok:
-                break
-            time.sleep(0.05)
-        self.assertTrue(ok, "a freed connection slot was not reusable")
+        self.assertTrue(harness.wait_served(node),
+                        "a freed connection slot was not reusable")
         node.stop()
 
 

@@ -300,18 +300,8 @@ class ConnectionLimit(NodeTestCase):
             r.send(request_bytes("GET", "/healthz"))
             self.assertEqual(r.response().status, 200)
         held[0].close()
-        ok = False
-        for _ in range(50):
-            try:
-                c = node.client(timeout=2)
-                ok = c.get("/healthz").status == 200
-                c.close()
-            except OSError:
-                ok = False
-            if ok:
-                break
-            time.sleep(0.05)
-        self.assertTrue(ok, "a freed connection slot was not reusable")
+        self.assertTrue(harness.wait_served(node),
+                        "a freed connection slot was not reusable")
         node.stop()
 
 

@@ -25,6 +25,7 @@
 #include "../../lib/buf.h"
 #include "../../storage/command.h"
 #include "../../storage/storage.h"
+#include "encode.h"
 
 #define WATCHDOG_MS 15000 /* ms before a run is declared stuck */
 #define POLL_MS 2         /* ms between predicate checks */
@@ -270,37 +271,7 @@ static void read_cb(struct consensus_read *req, int status)
     f->n_reads_done++;
 }
 
-/* Encode a command into enc (reset first). */
-static void encode(struct buf *enc, uint8_t op, const char *ns, const char *sid,
-                   const char *name, const char *value, int64_t ttl,
-                   uint64_t if_match)
-{
-    struct cmd cmd;
-
-    memset(&cmd, 0, sizeof cmd);
-    cmd.op = op;
-    cmd.ttl = ttl;
-    cmd.has_if_match = if_match != 0;
-    cmd.if_match = if_match;
-    cmd.acc.base = "acc";
-    cmd.acc.len = 3;
-    cmd.ns.base = ns;
-    cmd.ns.len = (uint32_t)strlen(ns);
-    if (sid != NULL) {
-        cmd.sid.base = sid;
-        cmd.sid.len = (uint32_t)strlen(sid);
-    }
-    if (name != NULL) {
-        cmd.name.base = name;
-        cmd.name.len = (uint32_t)strlen(name);
-    }
-    if (value != NULL) {
-        cmd.value.base = value;
-        cmd.value.len = (uint32_t)strlen(value);
-    }
-    buf_reset(enc);
-    assert_int_equal(cmd_encode(&cmd, enc), 0);
-}
+#define encode test_encode
 
 /* Propose into slot i of the fixture. */
 static int propose(struct fixture *f, int i, const struct buf *enc)

@@ -26,6 +26,7 @@
 #include "../../lib/buf.h"
 #include "../../storage/command.h"
 #include "../../storage/storage.h"
+#include "encode.h"
 
 #define N_NODES 3                   /* servers in every cluster */
 #define ENTRY_TIME_MS 1700000000000ull /* leader time stamped in entries */
@@ -121,35 +122,9 @@ static int teardown(void **state)
 
 /* --- Helpers --------------------------------------------------------------- */
 
-static void encode(struct buf *enc, uint8_t op, const char *ns, const char *sid,
-                   const char *name, const char *value, uint64_t if_match)
-{
-    struct cmd cmd;
-
-    memset(&cmd, 0, sizeof cmd);
-    cmd.op = op;
-    cmd.ttl = -1;
-    cmd.has_if_match = if_match != 0;
-    cmd.if_match = if_match;
-    cmd.acc.base = "acc";
-    cmd.acc.len = 3;
-    cmd.ns.base = ns;
-    cmd.ns.len = (uint32_t)strlen(ns);
-    if (sid != NULL) {
-        cmd.sid.base = sid;
-        cmd.sid.len = (uint32_t)strlen(sid);
-    }
-    if (name != NULL) {
-        cmd.name.base = name;
-        cmd.name.len = (uint32_t)strlen(name);
-    }
-    if (value != NULL) {
-        cmd.value.base = value;
-        cmd.value.len = (uint32_t)strlen(value);
-    }
-    buf_reset(enc);
-    assert_int_equal(cmd_encode(&cmd, enc), 0);
-}
+/* The fixture's commands carry no TTL. */
+#define encode(enc, op, ns, sid, name, value, if_match) \
+    test_encode(enc, op, ns, sid, name, value, -1, if_match)
 
 /* Append one encoded command to an entry being built. */
 static void entry_add(struct buf *entry, uint8_t op, const char *ns,
