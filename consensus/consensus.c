@@ -1224,7 +1224,13 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
         rv = consensus_map_start(rv);
         goto err_after_transport_init;
     }
-    consensus_fsm_init(&c->fsm, c->storage);
+    /* raft_uv 0.15 implements async_work (uv_queue_work) but still labels
+     * its io version 1, and raft_init refuses an async-snapshot FSM on a
+     * version-1 io. The method is there, so say so. */
+    if (c->io.async_work != NULL && c->io.version < 2) {
+        c->io.version = 2;
+    }
+    consensus_fsm_init(&c->fsm, c->storage, true);
     c->fsm.raft = &c->raft;
     rv = raft_init(&c->raft, &c->io, &c->fsm.fsm, cfg->id, cfg->raft_addr);
     if (rv != 0) {

@@ -1,4 +1,4 @@
-/* Consensus FSM: libraft 0.15 raft_fsm callbacks (fsm version 2) over
+/* Consensus FSM: libraft 0.15 raft_fsm callbacks (fsm version 3) over
  * storage. See fsm.h for the entry padding and how results reach the
  * proposer.
  *
@@ -10,9 +10,14 @@
  *   - A resource failure (ENOMEM, EINTERNAL) is returned to libraft: the
  *     entry is not marked applied and is applied again on the next commit
  *     advance or restart, so replicas never diverge.
- *   - snapshot: one raft_buffer from storage_snapshot(), freed in
- *     snapshot_finalize, which libraft calls once the snapshot is stored or
- *     has failed.
+ *   - snapshot (fsm version 3): snapshot() forks a child holding a
+ *     copy-on-write image of the database at the applied index (on the
+ *     loop: a fork, a few ms even at 1 M properties); snapshot_async()
+ *     reads the image from the child on a libuv worker thread into the one
+ *     raft_buffer; libraft writes it (also off the loop) and then calls
+ *     snapshot_finalize, which frees the buffer and reaps the child on
+ *     every path. Apply goes on meanwhile: libraft does not pause it
+ *     during a snapshot, and the child's copy cannot see it.
  *   - restore: on success libraft hands buf->base to the FSM
  *     (snapshotRestore frees only the bufs array), so it is raft_free()d
  *     here; on failure libraft still owns it. */
@@ -125,20 +130,28 @@ static int consensus_fsm_apply(struct raft_fsm *fsm,
     }
 }
 
+static int consensus_fsm_snapshot_async(struct raft_fsm *fsm,
+                                        struct raft_buffer *bufs[],
+                                        unsigned *n_bufs);
+
+/* On the loop, at the applied index: fork the child that serializes the
+ * database (storage_image_fork), so the loop pays a fork, not a copy. The
+ * one buffer is filled by snapshot_async on a libuv worker thread. */
 static int consensus_fsm_snapshot(struct raft_fsm *fsm,
                                   struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct consensus_fsm *f = fsm->data;
     struct raft_buffer *b;
-    void *data = NULL;
-    size_t len = 0;
     int rv;
 
+    if (f->image_busy) {
+        return RAFT_BUSY; /* cannot happen: libraft takes one at a time */
+    }
     b = malloc(sizeof *b);
     if (b == NULL) {
         return RAFT_NOMEM;
     }
-    rv = storage_snapshot(f->storage, &data, &len);
+    rv = storage_image_fork(f->storage, &f->image);
     if (rv != STORAGE_OK) {
         LOGW("snapshot failed", " index=%llu err=\"%s\"",
              (unsigned long long)raft_last_applied(f->raft),
@@ -146,23 +159,77 @@ static int consensus_fsm_snapshot(struct raft_fsm *fsm,
         free(b);
         return rv == STORAGE_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
     }
-    b->base = data;
-    b->len = len;
+    f->image_busy = true;
+    f->image_index = raft_last_applied(f->raft);
+    f->image_status = RAFT_IOERR;
+    b->base = NULL;
+    b->len = 0;
     *bufs = b;
     *n_bufs = 1;
-    f->snapshots_taken++;
-    LOGI("snapshot taken", " index=%llu bytes=%zu",
-         (unsigned long long)raft_last_applied(f->raft), len);
+    if (f->fsm.snapshot_async == NULL) {
+        /* Synchronous FSM (an io without async_work): wait here. libraft
+         * does not finalize a snapshot() that fails, so clean up. */
+        rv = consensus_fsm_snapshot_async(fsm, bufs, n_bufs);
+        if (rv != 0) {
+            f->image_busy = false;
+            storage_image_discard(&f->image);
+            free(b);
+            *bufs = NULL;
+            *n_bufs = 0;
+            return rv;
+        }
+    }
     return 0;
 }
 
+/* On a worker thread: wait for the child's image. Touches only f->image
+ * and f->image_status, which the loop leaves alone until finalize. */
+static int consensus_fsm_snapshot_async(struct raft_fsm *fsm,
+                                        struct raft_buffer *bufs[],
+                                        unsigned *n_bufs)
+{
+    struct consensus_fsm *f = fsm->data;
+    void *data = NULL;
+    size_t len = 0;
+    int rv;
+
+    if (*bufs == NULL || *n_bufs != 1) {
+        return RAFT_INVALID;
+    }
+    rv = storage_image_read(&f->image, &data, &len);
+    if (rv != STORAGE_OK) {
+        f->image_status = rv == STORAGE_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+        return f->image_status;
+    }
+    (*bufs)[0].base = data;
+    (*bufs)[0].len = len;
+    f->image_status = 0;
+    return 0;
+}
+
+/* On the loop, once the snapshot is stored, failed, or was abandoned. */
 static int consensus_fsm_snapshot_finalize(struct raft_fsm *fsm,
                                            struct raft_buffer *bufs[],
                                            unsigned *n_bufs)
 {
+    struct consensus_fsm *f = fsm->data;
+    size_t bytes = 0;
     unsigned i;
 
-    (void)fsm;
+    if (f->image_busy) {
+        storage_image_discard(&f->image);
+        f->image_busy = false;
+        if (f->image_status == 0) {
+            f->snapshots_taken++;
+            bytes = *bufs != NULL && *n_bufs == 1 ? (*bufs)[0].len : 0;
+            LOGI("snapshot taken", " index=%llu bytes=%zu",
+                 (unsigned long long)f->image_index, bytes);
+        } else {
+            LOGW("snapshot failed", " index=%llu err=\"%s\"",
+                 (unsigned long long)f->image_index,
+                 raft_strerror(f->image_status));
+        }
+    }
     if (*bufs != NULL) {
         for (i = 0; i < *n_bufs; i++) {
             free((*bufs)[i].base);
@@ -193,19 +260,27 @@ static int consensus_fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
     return 0;
 }
 
-void consensus_fsm_init(struct consensus_fsm *f, struct storage *storage)
+void consensus_fsm_init(struct consensus_fsm *f, struct storage *storage,
+                        bool async_snapshots)
 {
     memset(f, 0, sizeof *f);
     f->storage = storage;
-    f->fsm.version = 2;
+    f->fsm.version = async_snapshots ? 3 : 2;
     f->fsm.data = f;
     f->fsm.apply = consensus_fsm_apply;
     f->fsm.snapshot = consensus_fsm_snapshot;
     f->fsm.restore = consensus_fsm_restore;
     f->fsm.snapshot_finalize = consensus_fsm_snapshot_finalize;
+    f->fsm.snapshot_async =
+        async_snapshots ? consensus_fsm_snapshot_async : NULL;
+    f->image.fd = -1;
 }
 
 void consensus_fsm_close(struct consensus_fsm *f)
 {
+    if (f->image_busy) {
+        storage_image_discard(&f->image);
+        f->image_busy = false;
+    }
     consensus_fsm_drop_results(f);
 }

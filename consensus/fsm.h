@@ -25,6 +25,7 @@
 #ifndef CTXD_CONSENSUS_FSM_H
 #define CTXD_CONSENSUS_FSM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,12 +43,21 @@ struct consensus_fsm
     struct storage_result *results;  /* owned: outcomes of the last entry */
     uint32_t results_n;              /* elements in results */
     uint64_t results_index;          /* raft index results belong to */
-    uint64_t snapshots_taken;        /* successful fsm->snapshot calls */
+    uint64_t snapshots_taken;        /* snapshots taken and handed over */
+    struct storage_image image;      /* the snapshot being taken */
+    bool image_busy;                 /* image is live (snapshot..finalize) */
+    uint64_t image_index;            /* applied index the image is of */
+    int image_status;                /* set by snapshot_async: 0 or RAFT_* */
     uint64_t snapshots_installed;    /* successful fsm->restore calls */
 };
 
-/* Fill f for storage; set f->raft before raft_start. */
-void consensus_fsm_init(struct consensus_fsm *f, struct storage *storage);
+/* Fill f for storage; set f->raft before raft_start. With
+ * async_snapshots (fsm version 3; the io must offer async_work) the
+ * snapshot image is read on a worker thread; without (version 2, e.g. for
+ * raft_fixture, whose io is version 1) snapshot() waits for it. Either way
+ * the image comes from a forked child (storage_image_fork). */
+void consensus_fsm_init(struct consensus_fsm *f, struct storage *storage,
+                        bool async_snapshots);
 
 /* Free the kept results. The storage is not touched. */
 void consensus_fsm_close(struct consensus_fsm *f);

@@ -24,9 +24,16 @@
  * connection, so bad bytes leave the current state untouched. */
 #include "storage.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../lib/crypto.h"
 
@@ -1572,6 +1579,208 @@ int storage_snapshot(struct storage *s, void **data, size_t *len)
     *data = copy;
     *len = (size_t)size;
     return 0;
+}
+
+/* --- Snapshot images taken by a child process ------------------------ */
+
+#define IMAGE_MAX_BYTES ((uint64_t)1 << 40) /* sanity bound on the header */
+
+static int fd_write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    ssize_t w;
+
+    while (n > 0) {
+        w = write(fd, c, n);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return -1;
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Bytes read (< n only at end of file), or -1. */
+static ssize_t fd_read_all(int fd, void *p, size_t n)
+{
+    char *c = p;
+    size_t got = 0;
+    ssize_t r;
+
+    while (got < n) {
+        r = read(fd, c + got, n - got);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return -1;
+        }
+        if (r == 0) {
+            break;
+        }
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* In the child: write the 8-byte little-endian length, then the image.
+ * Never returns. Only async-signal-safe work besides SQLite's own reads
+ * (and, for a ":memory:" database that SQLite cannot hand over without a
+ * copy, its malloc, which glibc makes safe after fork). */
+static void image_child(sqlite3 *db, int fd, pid_t parent)
+{
+    sqlite3_int64 size = 0;
+    unsigned char *img;
+    unsigned char hdr[8];
+    uint64_t n;
+    int i;
+
+    (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) {
+        _exit(2);
+    }
+    img = sqlite3_serialize(db, "main", &size, SQLITE_SERIALIZE_NOCOPY);
+    if (img == NULL) {
+        img = sqlite3_serialize(db, "main", &size, 0);
+    }
+    if (img == NULL || size < 0) {
+        _exit(1);
+    }
+    n = (uint64_t)size;
+    for (i = 0; i < 8; i++) {
+        hdr[i] = (unsigned char)(n >> (8 * i));
+    }
+    if (fd_write_all(fd, hdr, sizeof hdr) != 0 ||
+        fd_write_all(fd, img, (size_t)size) != 0) {
+        _exit(1);
+    }
+    _exit(0);
+}
+
+int storage_image_fork(struct storage *s, struct storage_image *img)
+{
+    int fds[2];
+    pid_t parent = getpid();
+    pid_t pid;
+
+    memset(img, 0, sizeof *img);
+    img->fd = -1;
+    if (pipe(fds) != 0) {
+        return storage_snapshot(s, &img->data, &img->len);
+    }
+    /* Not inherited by anything the node might exec. */
+    (void)fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    (void)fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return storage_snapshot(s, &img->data, &img->len);
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        image_child(s->db, fds[1], parent);
+    }
+    close(fds[1]);
+    img->pid = (int)pid;
+    img->fd = fds[0];
+    return 0;
+}
+
+/* Close the pipe and reap the child; 0 when it exited with status 0. */
+static int image_reap(struct storage_image *img)
+{
+    int status = 0;
+    pid_t r;
+
+    if (img->fd >= 0) {
+        close(img->fd);
+        img->fd = -1;
+    }
+    if (img->pid <= 0) {
+        return 0;
+    }
+    do {
+        r = waitpid((pid_t)img->pid, &status, 0);
+    } while (r < 0 && errno == EINTR);
+    img->pid = 0;
+    if (r < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+int storage_image_read(struct storage_image *img, void **data, size_t *len)
+{
+    unsigned char hdr[8];
+    unsigned char extra;
+    uint64_t n = 0;
+    void *buf = NULL;
+    int i;
+    int rv = STORAGE_EINTERNAL;
+
+    *data = NULL;
+    *len = 0;
+    if (img->pid <= 0) {
+        /* Taken synchronously by storage_image_fork. */
+        if (img->data == NULL) {
+            return STORAGE_EINTERNAL;
+        }
+        *data = img->data;
+        *len = img->len;
+        img->data = NULL;
+        img->len = 0;
+        return 0;
+    }
+    if (fd_read_all(img->fd, hdr, sizeof hdr) != (ssize_t)sizeof hdr) {
+        goto out;
+    }
+    for (i = 0; i < 8; i++) {
+        n |= (uint64_t)hdr[i] << (8 * i);
+    }
+    if (n > IMAGE_MAX_BYTES || n > (uint64_t)SSIZE_MAX) {
+        goto out;
+    }
+    buf = malloc(n > 0 ? (size_t)n : 1);
+    if (buf == NULL) {
+        rv = STORAGE_ENOMEM;
+        goto out;
+    }
+    if (fd_read_all(img->fd, buf, (size_t)n) != (ssize_t)n ||
+        fd_read_all(img->fd, &extra, 1) != 0) {
+        goto out;
+    }
+    rv = 0;
+out:
+    if (rv != 0) {
+        /* The child may still be writing: stop it before reaping. */
+        (void)kill((pid_t)img->pid, SIGKILL);
+    }
+    if (image_reap(img) != 0 && rv == 0) {
+        rv = STORAGE_EINTERNAL;
+    }
+    if (rv != 0) {
+        free(buf);
+        return rv;
+    }
+    *data = buf;
+    *len = (size_t)n;
+    return 0;
+}
+
+void storage_image_discard(struct storage_image *img)
+{
+    if (img->pid > 0) {
+        (void)kill((pid_t)img->pid, SIGKILL);
+    }
+    (void)image_reap(img);
+    free(img->data);
+    img->data = NULL;
+    img->len = 0;
 }
 
 /* --- Online backup ---------------------------------------------------- */

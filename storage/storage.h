@@ -157,6 +157,35 @@ uint64_t storage_db_bytes(struct storage *s);
  * buffer. */
 int storage_snapshot(struct storage *s, void **data, size_t *len);
 
+/* A snapshot image taken without stopping the caller (the event loop):
+ * storage_image_fork() forks a child process, which shares the database
+ * pages copy-on-write, serializes them as they are at that instant and
+ * writes them to a pipe; storage_image_read(), on any thread, reads the
+ * image and reaps the child. The caller may keep applying entries in
+ * between: the child's copy does not change. Costs a fork (page tables,
+ * a few ms at 1 M properties) on the caller's thread.
+ *
+ *   storage_image_fork ──▶ storage_image_read ──▶ (done)
+ *          └────────────▶ storage_image_discard (instead of read)
+ *
+ * When fork() fails, storage_image_fork falls back to storage_snapshot()
+ * in the caller and storage_image_read just hands that buffer over. */
+struct storage_image
+{
+    int pid;       /* child serializing, or 0 */
+    int fd;        /* read end of its pipe, or -1 */
+    void *data;    /* image taken synchronously (fallback), malloc'd */
+    size_t len;    /* bytes at data */
+};
+int storage_image_fork(struct storage *s, struct storage_image *img);
+/* The image (malloc'd, the caller frees it); blocks until the child is done.
+ * Returns 0, ENOMEM, or EINTERNAL (child failed or sent a bad length). The
+ * image is finished either way. */
+int storage_image_read(struct storage_image *img, void **data, size_t *len);
+/* End an image that will not be read: kill and reap the child. Idempotent
+ * on a finished image (one zeroed by fork or read). */
+void storage_image_discard(struct storage_image *img);
+
 /* Replace the whole state with a serialized database. The bytes are
  * validated (SQLite header, schema, integrity); on failure the old state is
  * kept and ECORRUPT returned. Does not take ownership of data. */

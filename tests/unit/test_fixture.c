@@ -70,7 +70,7 @@ static void fixture_cluster(struct fixture *f, unsigned threshold,
     for (i = 0; i < N_NODES; i++) {
         struct node *n = &f->nodes[i];
         assert_int_equal(storage_open(&n->storage), 0);
-        consensus_fsm_init(&n->fsm, n->storage);
+        consensus_fsm_init(&n->fsm, n->storage, false);
         assert_int_equal(raft_fixture_grow(&f->rf, &n->fsm.fsm), 0);
         n->fsm.raft = raft_fixture_get(&f->rf, i);
         if (threshold != 0) {

@@ -1072,6 +1072,59 @@ static void a_snapshot_restores_to_the_same_state(void **state)
     storage_close(copy);
 }
 
+/* The forked image is the state at fork time: writes made before it is
+ * read are not in it, and it equals the synchronous snapshot bytes. Both
+ * a ":memory:" database and one loaded by restore (memdb) are covered. */
+static void a_forked_image_is_the_state_at_the_fork(void **state)
+{
+    struct storage *s = *state;
+    struct storage *copy;
+    struct storage_image img;
+    void *sync_img;
+    size_t sync_len;
+    void *image;
+    size_t len;
+    int round;
+
+    fill(s);
+    for (round = 0; round < 2; round++) {
+        assert_int_equal(storage_snapshot(s, &sync_img, &sync_len), 0);
+        assert_int_equal(storage_image_fork(s, &img), 0);
+        /* Change the live state before the image is read. */
+        apply1(s, storage_applied_index(s) + 1, T0 + 70000,
+               mk_put("a", "n", "s", "late", "1"));
+        assert_int_equal(storage_image_read(&img, &image, &len), 0);
+        assert_int_equal(img.pid, 0);
+        assert_int_equal(img.fd, -1);
+        assert_int_equal(len, sync_len);
+        assert_memory_equal(image, sync_img, len);
+
+        assert_int_equal(storage_open(&copy), 0);
+        assert_int_equal(storage_restore(copy, image, len), 0);
+        assert_int_equal(storage_applied_index(copy),
+                         storage_applied_index(s) - 1);
+        storage_close(copy);
+        free(sync_img);
+        free(image);
+        /* Round 2 images a database that restore loaded (memdb). */
+        assert_int_equal(storage_snapshot(s, &sync_img, &sync_len), 0);
+        assert_int_equal(storage_restore(s, sync_img, sync_len), 0);
+        free(sync_img);
+    }
+
+    /* An image that is never read: the child is killed and reaped, and
+     * discarding twice is harmless. */
+    assert_int_equal(storage_image_fork(s, &img), 0);
+    storage_image_discard(&img);
+    assert_int_equal(img.pid, 0);
+    assert_int_equal(img.fd, -1);
+    storage_image_discard(&img);
+    /* A finished image cannot be read again. */
+    assert_int_equal(storage_image_read(&img, &image, &len),
+                     STORAGE_EINTERNAL);
+    assert_null(image);
+}
+
 static void restoring_bad_bytes_fails_and_keeps_the_old_state(void **state)
 {
     struct storage *s = *state;
@@ -1268,6 +1321,7 @@ int main(void)
         T(session_props_lists_each_session_document),
         T(node_info_is_upserted_and_looked_up),
         T(a_snapshot_restores_to_the_same_state),
+        T(a_forked_image_is_the_state_at_the_fork),
         T(restoring_bad_bytes_fails_and_keeps_the_old_state),
         T(a_database_without_our_schema_is_refused),
         T(the_same_entries_give_the_same_digest_and_dump),
