@@ -598,6 +598,9 @@ static struct
     struct metrics_family *duration;      /* histogram by route */
     struct metrics_family *errors;        /* by code, status */
     struct metrics_family *proposal;      /* histogram, no labels */
+    struct metrics_series *loop_turn;     /* histogram, no labels */
+    struct metrics_series *loop_turn_max; /* gauge, since start */
+    double loop_turn_max_value;           /* what loop_turn_max holds */
 } proc;
 
 /* Scrape-time gauges and counters (no labels unless said): name, type,
@@ -719,6 +722,19 @@ static int process_register(struct metrics *m)
         rv = metrics_series_get(proc.proposal, NULL) != NULL ? 0
                                                              : METRICS_ENOMEM;
     }
+    ADD("ctxd_event_loop_turn_seconds", METRICS_HISTOGRAM,
+        "Busy time of one event loop turn (every callback run between two "
+        "waits for I/O): the longest a new event can wait for the loop.",
+        NULL, 0, latency_bounds, N_LATENCY, &f);
+    if (rv == 0) {
+        proc.loop_turn = metrics_series_get(f, NULL);
+    }
+    ADD("ctxd_event_loop_turn_max_seconds", METRICS_GAUGE,
+        "Longest event loop turn since the node started.", NULL, 0, NULL, 0,
+        &f);
+    if (rv == 0) {
+        proc.loop_turn_max = metrics_series_get(f, NULL);
+    }
     ADD("ctxd_raft_state", METRICS_GAUGE,
         "1 for the Raft role this node is in, 0 for the others.", state, 1,
         NULL, 0, NULL);
@@ -733,7 +749,8 @@ static int process_register(struct metrics *m)
 #undef ADD
     if (rv == 0 &&
         (proc.conns_open == NULL || proc.conns_total == NULL ||
-         proc.bytes_in == NULL || proc.bytes_out == NULL)) {
+         proc.bytes_in == NULL || proc.bytes_out == NULL ||
+         proc.loop_turn == NULL || proc.loop_turn_max == NULL)) {
         rv = METRICS_ENOMEM;
     }
     return rv;
@@ -851,5 +868,17 @@ void metrics_api_proposal(double seconds)
 {
     if (metrics_process() != NULL) {
         metrics_observe(metrics_series_get(proc.proposal, NULL), seconds);
+    }
+}
+
+void metrics_loop_turn(double seconds)
+{
+    if (metrics_process() == NULL) {
+        return;
+    }
+    metrics_observe(proc.loop_turn, seconds);
+    if (seconds > proc.loop_turn_max_value) {
+        proc.loop_turn_max_value = seconds;
+        metrics_set(proc.loop_turn_max, seconds);
     }
 }

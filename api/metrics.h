@@ -135,4 +135,7 @@ void metrics_api_error(const char *code, int status);
 /* A write committed and applied (or failed): proposal to callback. */
 void metrics_api_proposal(double seconds);
 
+/* Node (node/main.c): the busy time of one event loop turn. */
+void metrics_loop_turn(double seconds);
+
 #endif

@@ -25,6 +25,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../lib/log.h"
 #include "../storage/command.h"
@@ -134,6 +135,14 @@ static int consensus_fsm_snapshot_async(struct raft_fsm *fsm,
                                         struct raft_buffer *bufs[],
                                         unsigned *n_bufs);
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* On the loop, at the applied index: fork the child that serializes the
  * database (storage_image_fork), so the loop pays a fork, not a copy. The
  * one buffer is filled by snapshot_async on a libuv worker thread. */
@@ -142,6 +151,7 @@ static int consensus_fsm_snapshot(struct raft_fsm *fsm,
 {
     struct consensus_fsm *f = fsm->data;
     struct raft_buffer *b;
+    uint64_t t0;
     int rv;
 
     if (f->image_busy) {
@@ -151,7 +161,9 @@ static int consensus_fsm_snapshot(struct raft_fsm *fsm,
     if (b == NULL) {
         return RAFT_NOMEM;
     }
+    t0 = now_ns();
     rv = storage_image_fork(f->storage, &f->image);
+    f->image_fork_ns = now_ns() - t0;
     if (rv != STORAGE_OK) {
         LOGW("snapshot failed", " index=%llu err=\"%s\"",
              (unsigned long long)raft_last_applied(f->raft),
@@ -222,8 +234,9 @@ static int consensus_fsm_snapshot_finalize(struct raft_fsm *fsm,
         if (f->image_status == 0) {
             f->snapshots_taken++;
             bytes = *bufs != NULL && *n_bufs == 1 ? (*bufs)[0].len : 0;
-            LOGI("snapshot taken", " index=%llu bytes=%zu",
-                 (unsigned long long)f->image_index, bytes);
+            LOGI("snapshot taken", " index=%llu bytes=%zu loop_ms=%.3f",
+                 (unsigned long long)f->image_index, bytes,
+                 (double)f->image_fork_ns / 1e6);
         } else {
             LOGW("snapshot failed", " index=%llu err=\"%s\"",
                  (unsigned long long)f->image_index,

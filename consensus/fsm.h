@@ -47,6 +47,7 @@ struct consensus_fsm
     struct storage_image image;      /* the snapshot being taken */
     bool image_busy;                 /* image is live (snapshot..finalize) */
     uint64_t image_index;            /* applied index the image is of */
+    uint64_t image_fork_ns;          /* time snapshot() held the loop */
     int image_status;                /* set by snapshot_async: 0 or RAFT_* */
     uint64_t snapshots_installed;    /* successful fsm->restore calls */
 };

@@ -338,6 +338,15 @@ class Metrics(NodeTestCase):
         self.assertGreaterEqual(value(s, "ctxd_http_connections_open"), 1)
         self.assertGreaterEqual(value(s, "ctxd_http_connections_accepted_total"), 4)
 
+        # Event loop turns: measured from the first turn, the longest is a
+        # real duration and no longer than all turns together.
+        turns = value(s, "ctxd_event_loop_turn_seconds_count")
+        self.assertGreater(turns, 10)
+        longest = value(s, "ctxd_event_loop_turn_max_seconds")
+        self.assertGreater(longest, 0)
+        self.assertLessEqual(longest, value(s, "ctxd_event_loop_turn_seconds_sum"))
+        self.assertLess(longest, 10)
+
         # A second scrape: counters never go down; the first scrape counted.
         _, _, s2 = self.scrape(n)
         for (name, labels), v in s.items():

@@ -24,6 +24,24 @@ FLAGS = ("--id", "--data-dir", "--http-addr", "--raft-addr", "--region",
          "--snapshot-threshold", "--snapshot-trailing", "--purge-interval-ms", "--help")
 
 
+
+def children_of(pid):
+    """Pids whose parent is pid (from /proc), zombies included."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces: fields follow the last ")".
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            out.append(int(d))
+    return out
+
 class NodeProcess(NodeTestCase):
 
     def setUp(self):
@@ -315,6 +333,17 @@ class NodeProcess(NodeTestCase):
         snaps = [f for _, _, files in os.walk(n.data_dir) for f in files if "snapshot" in f]
         self.assertTrue(snaps, "no snapshot file under the data dir: %r"
                         % [f for _, _, files in os.walk(n.data_dir) for f in files])
+        # Each snapshot image came from a forked child that was reaped: the
+        # log says how long the loop was held, and no child is left over
+        # (a zombie would mean a missed waitpid).
+        taken = re.findall(r'msg="snapshot taken" index=\d+ bytes=(\d+) loop_ms=([0-9.]+)',
+                           n.log_text())
+        self.assertTrue(taken, n.log_tail())
+        self.assertTrue(all(int(b) > 0 for b, _ in taken), taken)
+        deadline = time.monotonic() + 10
+        while children_of(n.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(children_of(n.proc.pid), [])
         for mode in ("graceful", "kill9"):
             n.restart(graceful=(mode == "graceful"))
             c = self.client(n, key)
