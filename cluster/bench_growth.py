@@ -76,9 +76,12 @@ class Pinger(threading.Thread):
         c.close()
 
 
-def snapshots(cl):
+def snapshots(cl, hold=False):
+    """Snapshots logged so far over all nodes and the largest; with hold,
+    also the longest time one held the event loop (loop_ms, the fork)."""
     n = 0
     sizes = []
+    holds = []
     for nid in cl.procs:
         try:
             with open(cl.log_path(nid), errors="replace") as f:
@@ -88,9 +91,49 @@ def snapshots(cl):
                         m = re.search(r"bytes=(\d+)", line)
                         if m:
                             sizes.append(int(m.group(1)))
+                        m = re.search(r"loop_ms=([0-9.]+)", line)
+                        if m:
+                            holds.append(float(m.group(1)))
         except OSError:
             pass
+    if hold:
+        return n, (max(sizes) if sizes else 0), (max(holds) if holds else 0.0)
     return n, (max(sizes) if sizes else 0)
+
+
+TURN_RE = re.compile(r'^ctxd_event_loop_turn_seconds_bucket\{le="([^"]+)"\} (\S+)$')
+
+
+def loop_turns(port):
+    """The node's event loop turn histogram: {upper bound: cumulative count}."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        text = r.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return {}
+    finally:
+        c.close()
+    out = {}
+    for line in text.splitlines():
+        m = TURN_RE.match(line)
+        if m:
+            out[float(m.group(1))] = float(m.group(2))
+    return out
+
+
+def turns_window(before, after):
+    """From two scrapes of one node: (upper bound in ms of the longest turn
+    in between, turns over 100 ms in between)."""
+    bounds = sorted(after)
+    if not bounds or set(before) != set(after):
+        return None, None
+    diff = {b: after[b] - before[b] for b in bounds}
+    total = diff[bounds[-1]]
+    longest = next(b for b in bounds if diff[b] == total)
+    over = total - diff.get(0.1, total)
+    return longest * 1000, int(over)
 
 
 def fig(r):
@@ -119,6 +162,7 @@ def pause(cl, leader, duration, env, budget=90):
     """Longest /healthz latency while 4 connections PUT, in rounds of
     `duration` seconds until at least one snapshot is logged (or budget)."""
     before, _ = snapshots(cl)
+    turns0 = {port: loop_turns(port) for port in cl.ports}
     p = Pinger(leader)
     p.start()
     reqs = 0
@@ -135,10 +179,19 @@ def pause(cl, leader, duration, env, budget=90):
             break
     p.halt.set()
     p.join(15)
-    after, size = snapshots(cl)
+    after, size, hold = snapshots(cl, hold=True)
+    longest, over = 0.0, 0
+    for port in cl.ports:
+        lo, ov = turns_window(turns0[port], loop_turns(port))
+        if lo is None:
+            longest, over = None, None
+            break
+        longest, over = max(longest, lo), over + ov
     return {"healthz_max_ms": round(p.max_ms, 1), "healthz_requests": p.count,
             "healthz_failures": p.failures, "snapshots": after - before,
-            "snapshot_bytes": size, "put_rps": round(reqs / secs), "put_errors": errors}
+            "snapshot_bytes": size, "put_rps": round(reqs / secs), "put_errors": errors,
+            "loop_turn_max_le_ms": longest, "loop_turns_over_100ms": over,
+            "snapshot_loop_ms_max": hold}
 
 
 def show_pause(topo, what, x):
@@ -146,6 +199,10 @@ def show_pause(topo, what, x):
           "(largest %.1f MB) under %d PUT/s" % (
               topo, what, x["healthz_max_ms"], x["healthz_requests"], x["snapshots"],
               x["snapshot_bytes"] / 1e6, x["put_rps"]))
+    print("%-8s %-34s longest loop turn <= %s ms (%s turns > 100 ms, all nodes); "
+          "snapshot held the loop <= %.1f ms" % (
+              topo, "", x["loop_turn_max_le_ms"], x["loop_turns_over_100ms"],
+              x["snapshot_loop_ms_max"]))
     sys.stdout.flush()
 
 

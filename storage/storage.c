@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1643,6 +1644,8 @@ static void image_child(sqlite3 *db, int fd, pid_t parent)
     if (getppid() != parent) {
         _exit(2);
     }
+    /* Background work: the node's loop comes first for the CPU. */
+    (void)setpriority(PRIO_PROCESS, 0, 10);
     img = sqlite3_serialize(db, "main", &size, SQLITE_SERIALIZE_NOCOPY);
     if (img == NULL) {
         img = sqlite3_serialize(db, "main", &size, 0);
