@@ -135,7 +135,7 @@ static const struct
     X(ST_NS_DEL_PROPS, "DELETE FROM properties WHERE acc = ?1 AND ns = ?2")   \
     X(ST_NS_LIST, "SELECT ns, created_ms, ttl FROM namespaces"                \
                   " WHERE acc = ?1 ORDER BY ns")                              \
-    X(ST_SESS_GET, "SELECT ttl, version FROM sessions"                        \
+    X(ST_SESS_GET, "SELECT ttl, version, doc_count, doc_bytes FROM sessions"  \
                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")                \
     X(ST_SESS_TOUCH, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"    \
                      " version) VALUES(?1, ?2, ?3, ?4, NULL, ?5)"             \
@@ -220,6 +220,10 @@ struct storage
                                        have changed (SET_KEY, restore) */
     struct storage_backup *backup;  /* the online backup in progress (not
                                        owned), NULL when none */
+    int64_t expiry_floor;           /* no property expires before this:
+                                       a lower bound of every expires_ms
+                                       (INT64_MAX: none expire), see
+                                       op_write */
 };
 
 /* An online backup (storage_backup_start): SQLite's backup API copies the
@@ -255,6 +259,7 @@ struct apply_ctx
     uint64_t index;  /* Raft index of the entry */
     int64_t time;    /* monotonic entry time, ms */
     uint64_t purged; /* purge counter including this entry so far */
+    int purge_ran;   /* a PURGE command ran in this entry */
 };
 
 const char *storage_strerror(int status)
@@ -490,6 +495,7 @@ int storage_open(struct storage **out)
         return STORAGE_ENOMEM;
     }
     s->keys_generation = 1;
+    s->expiry_floor = INT64_MAX; /* empty: nothing expires */
     rc = db_open(&s->db);
     if (rc != 0) {
         goto err_after_alloc;
@@ -541,6 +547,22 @@ uint64_t storage_last_time_ms(const struct storage *s)
 
 /* --- Apply: lookups --------------------------------------------------- */
 
+/* Set the expiry floor to the earliest expires_ms stored (INT64_MAX when
+ * none; INT64_MIN, "anything may have expired", when the query fails). */
+static void expiry_floor_refresh(struct storage *s)
+{
+    uint64_t t = 0;
+    int rc = storage_next_expiry(s, &t);
+
+    if (rc == STORAGE_ENOTFOUND) {
+        s->expiry_floor = INT64_MAX;
+    } else if (rc != 0 || t > (uint64_t)INT64_MAX) {
+        s->expiry_floor = INT64_MIN;
+    } else {
+        s->expiry_floor = (int64_t)t;
+    }
+}
+
 /* The namespace row: *exists, and *ttl (seconds, 0 when none). */
 static int ns_get(struct storage *s, const struct cmd *c, int *exists,
                   int64_t *ttl)
@@ -564,9 +586,11 @@ static int ns_get(struct storage *s, const struct cmd *c, int *exists,
     return rc == SQLITE_DONE ? 0 : map_rc(rc);
 }
 
-/* The session row: *exists, *ttl (0 when none), *version (0 when absent). */
+/* The session row: *exists, *ttl (0 when none), *version (0 when absent)
+ * and, when doc is not NULL, its document's property count and bytes
+ * (doc[0], doc[1]; 0 when absent). */
 static int sess_get(struct storage *s, const struct cmd *c, int *exists,
-                    int64_t *ttl, uint64_t *version)
+                    int64_t *ttl, uint64_t *version, uint64_t doc[2])
 {
     sqlite3_stmt *st = s->st[ST_SESS_GET];
     int rc = bind_where(st, c, 1);
@@ -574,6 +598,10 @@ static int sess_get(struct storage *s, const struct cmd *c, int *exists,
     *exists = 0;
     *ttl = 0;
     *version = 0;
+    if (doc != NULL) {
+        doc[0] = 0;
+        doc[1] = 0;
+    }
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
     }
@@ -583,6 +611,10 @@ static int sess_get(struct storage *s, const struct cmd *c, int *exists,
             *ttl = sqlite3_column_int64(st, 0);
         }
         *version = col_u64(st, 1);
+        if (doc != NULL) {
+            doc[0] = col_u64(st, 2);
+            doc[1] = col_u64(st, 3);
+        }
         rc = SQLITE_DONE;
     }
     finish(st);
@@ -743,10 +775,13 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
     int64_t ns_ttl;
     int64_t expires = 0;
     uint64_t version;
-    uint64_t size;
+    uint64_t size = 0;
+    uint64_t doc[2];
+    uint64_t add_n;
+    uint64_t add_bytes;
     int rc;
 
-    rc = sess_get(s, c, &exists, &sess_ttl, &version);
+    rc = sess_get(s, c, &exists, &sess_ttl, &version, doc);
     if (rc != 0) {
         return rc;
     }
@@ -769,15 +804,25 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
         expires = expiry_of(a->time, ns_ttl);
     }
 
-    /* Expired-but-unpurged rows are replaced by this write, not counted. */
-    st = s->st[ST_PROP_DEL_EXPIRED];
-    rc = bind_where(st, c, 1);
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_bind_int64(st, 4, a->time);
+    /* Expired-but-unpurged rows are replaced by this write, not counted.
+     * Before the floor nothing has expired anywhere, and the DELETE would
+     * find nothing: skipping it changes no state, so replicas whose floors
+     * differ still agree. */
+    if (a->time >= s->expiry_floor) {
+        st = s->st[ST_PROP_DEL_EXPIRED];
+        rc = bind_where(st, c, 1);
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_bind_int64(st, 4, a->time);
+        }
+        rc = run(st, rc);
+        if (rc != 0) {
+            return rc;
+        }
     }
-    rc = run(st, rc);
-    if (rc != 0) {
-        return rc;
+    /* Lowered even if this command is rolled back: it stays a lower
+     * bound. */
+    if (expires != 0 && expires < s->expiry_floor) {
+        s->expiry_floor = expires;
     }
 
     /* The session row first: the property triggers keep its counts. */
@@ -793,7 +838,20 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
             rc = prop_put(s, c, name, value, expires);
         }
     }
-    if (rc == 0) {
+    /* The document after this write is at most its size before (count
+     * and bytes from sess_get, expired rows included) plus every written
+     * pair as a new member: each adds at most its name and value bytes and
+     * 4 for the quotes, colon and comma. Within the limit by that bound,
+     * the exact size need not be read. */
+    if (one_name != NULL) {
+        add_n = 1;
+        add_bytes = (uint64_t)one_name->len + one_value->len;
+    } else {
+        add_n = c->n_props;
+        add_bytes = c->props.len; /* the pairs with their length fields */
+    }
+    if (rc == 0 && 2 + doc[1] + add_bytes + 4 * (doc[0] + add_n) >
+                       STORAGE_DOC_MAX) {
         rc = doc_size(s, c, &size);
     }
     if (rc != 0) {
@@ -812,7 +870,7 @@ static int op_remove(struct storage *s, const struct apply_ctx *a,
     uint64_t version;
     int rc;
 
-    rc = sess_get(s, c, &exists, &ttl, &version);
+    rc = sess_get(s, c, &exists, &ttl, &version, NULL);
     if (rc != 0) {
         return rc;
     }
@@ -870,6 +928,7 @@ static int op_purge(struct storage *s, struct apply_ctx *a)
 
     if (rc == 0) {
         a->purged += (uint64_t)sqlite3_changes(s->db);
+        a->purge_ran = 1;
     }
     return rc;
 }
@@ -1043,6 +1102,7 @@ int storage_apply(struct storage *s, uint64_t index, const void *entry,
     a.index = index;
     a.time = u2i(e.time_ms > s->last_time_ms ? e.time_ms : s->last_time_ms);
     a.purged = s->purged;
+    a.purge_ran = 0;
 
     rc = run(s->st[ST_BEGIN], SQLITE_OK);
     if (rc != 0) {
@@ -1090,6 +1150,9 @@ int storage_apply(struct storage *s, uint64_t index, const void *entry,
     s->applied_index = index;
     s->last_time_ms = (uint64_t)a.time;
     s->purged = a.purged;
+    if (a.purge_ran) {
+        expiry_floor_refresh(s); /* raised only by what is committed */
+    }
     *results = res;
     *n_results = e.count;
     return 0;
@@ -1283,7 +1346,7 @@ int storage_props_get(struct storage *s, const struct cmd *where,
     *version = 0;
     rc = ns_require(s, where);
     if (rc == 0) {
-        rc = sess_get(s, where, &exists, &ttl, version);
+        rc = sess_get(s, where, &exists, &ttl, version, NULL);
     }
     if (rc == 0) {
         rc = append_props(s, where, sid.base, sid.len, names, n_names, now_ms,
@@ -2030,6 +2093,7 @@ int storage_restore(struct storage *s, const void *data, size_t len)
         backup_detach(s->backup, STORAGE_EINTERNAL);
     }
     fresh.keys_generation = s->keys_generation + 1;
+    expiry_floor_refresh(&fresh);
     stmts_finalize(s->st);
     sqlite3_close(s->db);
     *s = fresh;
