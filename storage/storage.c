@@ -62,20 +62,15 @@ static const char schema_sql[] =
     "CREATE INDEX properties_session_expiry"
     " ON properties(acc, ns, sid, expires_ms) WHERE expires_ms IS NOT NULL;"
     /* The session row keeps the number and the bytes (name + value) of its
-     * property rows, on every path that adds, changes or removes one
-     * (writes, deletes, clears, purges), so the document size check reads
-     * one row instead of summing the session. */
-    "CREATE TRIGGER properties_ins AFTER INSERT ON properties BEGIN"
-    " UPDATE sessions SET doc_count = doc_count + 1,"
-    " doc_bytes = doc_bytes + length(NEW.name) + length(NEW.value)"
-    " WHERE acc = NEW.acc AND ns = NEW.ns AND sid = NEW.sid; END;"
+     * property rows, so the document size check reads one row instead of
+     * summing the session. Writes (the only path that adds or changes a
+     * row) add their own changes in the statement that bumps the session
+     * version (op_write); every removal (deletes, clears, purges, expired
+     * rows) goes through this trigger. A trigger costs about 20,000
+     * instructions per row, which is why writes do not use one. */
     "CREATE TRIGGER properties_del AFTER DELETE ON properties BEGIN"
     " UPDATE sessions SET doc_count = doc_count - 1,"
     " doc_bytes = doc_bytes - length(OLD.name) - length(OLD.value)"
-    " WHERE acc = OLD.acc AND ns = OLD.ns AND sid = OLD.sid; END;"
-    "CREATE TRIGGER properties_upd AFTER UPDATE OF value ON properties BEGIN"
-    " UPDATE sessions SET"
-    " doc_bytes = doc_bytes - length(OLD.value) + length(NEW.value)"
     " WHERE acc = OLD.acc AND ns = OLD.ns AND sid = OLD.sid; END;"
     "CREATE TABLE requests(acc BLOB NOT NULL, rid BLOB NOT NULL,"
     " at_ms INTEGER NOT NULL, status INTEGER NOT NULL, idx INTEGER NOT NULL,"
@@ -135,8 +130,13 @@ static const struct
     X(ST_NS_DEL_PROPS, "DELETE FROM properties WHERE acc = ?1 AND ns = ?2")   \
     X(ST_NS_LIST, "SELECT ns, created_ms, ttl FROM namespaces"                \
                   " WHERE acc = ?1 ORDER BY ns")                              \
-    X(ST_SESS_GET, "SELECT ttl, version, doc_count, doc_bytes FROM sessions"  \
+    X(ST_SESS_GET, "SELECT ttl, version FROM sessions"                        \
                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")                \
+    X(ST_WRITE_GET, "SELECT n.ttl, s.sid IS NOT NULL, s.ttl, s.version,"       \
+                    " s.doc_count, s.doc_bytes FROM namespaces n"             \
+                    " LEFT JOIN sessions s ON s.acc = n.acc"                  \
+                    " AND s.ns = n.ns AND s.sid = ?3"                         \
+                    " WHERE n.acc = ?1 AND n.ns = ?2")                        \
     X(ST_SESS_TOUCH, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"    \
                      " version) VALUES(?1, ?2, ?3, ?4, NULL, ?5)"             \
                      " ON CONFLICT(acc, ns, sid)"                             \
@@ -150,11 +150,17 @@ static const struct
     X(ST_SESS_TTLS, "SELECT sid, created_ms, ttl FROM sessions"               \
                     " WHERE acc = ?1 AND ns = ?2 AND ttl IS NOT NULL"         \
                     " ORDER BY sid")                                          \
-    X(ST_PROP_PUT, "INSERT INTO properties(acc, ns, sid, name, value,"        \
-                   " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"              \
-                   " ON CONFLICT(acc, ns, sid, name) DO UPDATE SET"           \
-                   " value = excluded.value,"                                 \
-                   " expires_ms = excluded.expires_ms")                       \
+    X(ST_PROP_OLD, "SELECT length(value) FROM properties"                     \
+                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4")  \
+    X(ST_PROP_INSERT, "INSERT INTO properties(acc, ns, sid, name, value,"     \
+                      " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")          \
+    X(ST_PROP_UPDATE, "UPDATE properties SET value = ?5, expires_ms = ?6"     \
+                      " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"              \
+                      " AND name = ?4")                                       \
+    X(ST_SESS_WRITTEN, "UPDATE sessions SET version = ?4,"                    \
+                       " doc_count = doc_count + ?5,"                         \
+                       " doc_bytes = doc_bytes + ?6"                          \
+                       " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")            \
     X(ST_PROP_DEL, "DELETE FROM properties"                                   \
                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4")  \
     X(ST_PROP_DEL_EXPIRED, "DELETE FROM properties"                           \
@@ -260,6 +266,7 @@ struct apply_ctx
     int64_t time;    /* monotonic entry time, ms */
     uint64_t purged; /* purge counter including this entry so far */
     int purge_ran;   /* a PURGE command ran in this entry */
+    int savepoint;   /* the command being applied opened SAVEPOINT cmd */
 };
 
 const char *storage_strerror(int status)
@@ -586,11 +593,9 @@ static int ns_get(struct storage *s, const struct cmd *c, int *exists,
     return rc == SQLITE_DONE ? 0 : map_rc(rc);
 }
 
-/* The session row: *exists, *ttl (0 when none), *version (0 when absent)
- * and, when doc is not NULL, its document's property count and bytes
- * (doc[0], doc[1]; 0 when absent). */
+/* The session row: *exists, *ttl (0 when none), *version (0 when absent). */
 static int sess_get(struct storage *s, const struct cmd *c, int *exists,
-                    int64_t *ttl, uint64_t *version, uint64_t doc[2])
+                    int64_t *ttl, uint64_t *version)
 {
     sqlite3_stmt *st = s->st[ST_SESS_GET];
     int rc = bind_where(st, c, 1);
@@ -598,10 +603,6 @@ static int sess_get(struct storage *s, const struct cmd *c, int *exists,
     *exists = 0;
     *ttl = 0;
     *version = 0;
-    if (doc != NULL) {
-        doc[0] = 0;
-        doc[1] = 0;
-    }
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
     }
@@ -611,10 +612,6 @@ static int sess_get(struct storage *s, const struct cmd *c, int *exists,
             *ttl = sqlite3_column_int64(st, 0);
         }
         *version = col_u64(st, 1);
-        if (doc != NULL) {
-            doc[0] = col_u64(st, 2);
-            doc[1] = col_u64(st, 3);
-        }
         rc = SQLITE_DONE;
     }
     finish(st);
@@ -719,13 +716,41 @@ static int sess_bump(struct storage *s, const struct apply_ctx *a,
     return run(st, rc);
 }
 
+/* Insert or replace one property, adding what it changes in the session
+ * document to doc[0] (rows) and doc[1] (name and value bytes): a lookup of
+ * the old value's length, then a plain INSERT or UPDATE (together no
+ * dearer than an upsert, and no trigger). */
 static int prop_put(struct storage *s, const struct cmd *c,
                     struct cmd_bytes name, struct cmd_bytes value,
-                    int64_t expires)
+                    int64_t expires, int64_t doc[2])
 {
-    sqlite3_stmt *st = s->st[ST_PROP_PUT];
+    sqlite3_stmt *st = s->st[ST_PROP_OLD];
+    int64_t old_len = -1;
     int rc = bind_where(st, c, 1);
 
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 4, name);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        old_len = sqlite3_column_int64(st, 0);
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    if (rc != SQLITE_DONE) {
+        return map_rc(rc);
+    }
+    if (old_len < 0) {
+        st = s->st[ST_PROP_INSERT];
+        doc[0] += 1;
+        doc[1] += (int64_t)name.len + (int64_t)value.len;
+    } else {
+        st = s->st[ST_PROP_UPDATE];
+        doc[1] += (int64_t)value.len - old_len;
+    }
+    rc = bind_where(st, c, 1);
     if (rc == SQLITE_OK) {
         rc = bind_f(st, 4, name);
     }
@@ -762,46 +787,116 @@ static int doc_size(struct storage *s, const struct cmd *c, uint64_t *size)
     return rc == SQLITE_DONE ? 0 : map_rc(rc);
 }
 
+/* What a write needs to know before it changes anything, in one lookup. A
+ * session row never exists without its namespace row (writes create the
+ * namespace first; a namespace delete takes its sessions along), so no
+ * namespace row means no session either. */
+struct write_view
+{
+    int ns_exists;      /* the namespace row exists */
+    int64_t ns_ttl;     /* its TTL in seconds, 0 when none */
+    int sess_exists;    /* the session row exists */
+    int64_t sess_ttl;   /* its TTL in seconds, 0 when none */
+    uint64_t version;   /* its version, 0 when absent */
+    uint64_t doc_count; /* its property rows, expired ones included */
+    uint64_t doc_bytes; /* their name and value bytes */
+};
+
+static int write_view_get(struct storage *s, const struct cmd *c,
+                          struct write_view *v)
+{
+    sqlite3_stmt *st = s->st[ST_WRITE_GET];
+    int rc = bind_where(st, c, 1);
+
+    memset(v, 0, sizeof *v);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        v->ns_exists = 1;
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+            v->ns_ttl = sqlite3_column_int64(st, 0);
+        }
+        v->sess_exists = sqlite3_column_int(st, 1) != 0;
+        if (v->sess_exists) {
+            if (sqlite3_column_type(st, 2) != SQLITE_NULL) {
+                v->sess_ttl = sqlite3_column_int64(st, 2);
+            }
+            v->version = col_u64(st, 3);
+            v->doc_count = col_u64(st, 4);
+            v->doc_bytes = col_u64(st, 5);
+        }
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+/* Open the command's savepoint (apply_one releases it). */
+static int savepoint_open(struct storage *s, struct apply_ctx *a)
+{
+    int rc = run(s->st[ST_SAVEPOINT], SQLITE_OK);
+
+    if (rc == 0) {
+        a->savepoint = 1;
+    }
+    return rc;
+}
+
 /* PATCH and PROP_PUT: one_name/one_value is the PROP_PUT pair, or NULL to
- * take the PATCH pairs. */
-static int op_write(struct storage *s, const struct apply_ctx *a,
+ * take the PATCH pairs.
+ *
+ * The savepoint is opened only when the write might still be refused after
+ * it has changed something, that is when the document might go over its
+ * limit: a refused If-Match changes nothing, and within the limit nothing
+ * else refuses (a database failure rolls back the whole entry anyway). */
+static int op_write(struct storage *s, struct apply_ctx *a,
                     const struct cmd *c, const struct cmd_bytes *one_name,
                     const struct cmd_bytes *one_value)
 {
     sqlite3_stmt *st;
-    int exists;
-    int ns_exists;
-    int64_t sess_ttl;
-    int64_t ns_ttl;
+    struct write_view v;
     int64_t expires = 0;
-    uint64_t version;
     uint64_t size = 0;
-    uint64_t doc[2];
     uint64_t add_n;
     uint64_t add_bytes;
+    int64_t doc[2] = {0, 0}; /* rows and bytes this write adds */
+    int may_overflow;
     int rc;
 
-    rc = sess_get(s, c, &exists, &sess_ttl, &version, doc);
+    rc = write_view_get(s, c, &v);
     if (rc != 0) {
         return rc;
     }
-    if (c->has_if_match && c->if_match != version) {
+    if (c->has_if_match && c->if_match != v.version) {
         return STORAGE_EPRECONDITION;
     }
-    /* Look before creating: the namespace almost always exists, and a read
-     * is cheaper than an INSERT OR IGNORE. */
-    rc = ns_get(s, c, &ns_exists, &ns_ttl);
-    if (rc == 0 && !ns_exists) {
+    /* The document after this write is at most its size before (expired
+     * rows included) plus every written pair as a new member: each adds at
+     * most its name and value bytes and 4 for the quotes, colon and comma.
+     * Within the limit by that bound, the exact size need not be read. */
+    if (one_name != NULL) {
+        add_n = 1;
+        add_bytes = (uint64_t)one_name->len + one_value->len;
+    } else {
+        add_n = c->n_props;
+        add_bytes = c->props.len; /* the pairs with their length fields */
+    }
+    may_overflow = 2 + v.doc_bytes + add_bytes + 4 * (v.doc_count + add_n) >
+                   STORAGE_DOC_MAX;
+    if (may_overflow) {
+        rc = savepoint_open(s, a);
+    }
+    if (rc == 0 && !v.ns_exists) {
         rc = ns_create(s, a, c);
-        ns_ttl = 0;
     }
     if (rc != 0) {
         return rc;
     }
-    if (sess_ttl > 0) {
-        expires = expiry_of(a->time, sess_ttl);
-    } else if (ns_ttl > 0) {
-        expires = expiry_of(a->time, ns_ttl);
+    if (v.sess_ttl > 0) {
+        expires = expiry_of(a->time, v.sess_ttl);
+    } else if (v.ns_ttl > 0) {
+        expires = expiry_of(a->time, v.ns_ttl);
     }
 
     /* Expired-but-unpurged rows are replaced by this write, not counted.
@@ -825,33 +920,38 @@ static int op_write(struct storage *s, const struct apply_ctx *a,
         s->expiry_floor = expires;
     }
 
-    /* The session row first: the property triggers keep its counts. */
-    rc = sess_touch(s, a, c);
+    /* A new session's row first (the removal trigger and the update below
+     * need it), then the properties, then one update of the session with
+     * the new version and the document's change. */
+    if (!v.sess_exists) {
+        rc = sess_touch(s, a, c);
+    }
     if (rc == 0 && one_name != NULL) {
-        rc = prop_put(s, c, *one_name, *one_value, expires);
+        rc = prop_put(s, c, *one_name, *one_value, expires, doc);
     } else if (rc == 0) {
         struct cmd_bytes name;
         struct cmd_bytes value;
         size_t pos = 0;
 
         while (rc == 0 && cmd_props_next(c, &pos, &name, &value) == 1) {
-            rc = prop_put(s, c, name, value, expires);
+            rc = prop_put(s, c, name, value, expires, doc);
         }
     }
-    /* The document after this write is at most its size before (count
-     * and bytes from sess_get, expired rows included) plus every written
-     * pair as a new member: each adds at most its name and value bytes and
-     * 4 for the quotes, colon and comma. Within the limit by that bound,
-     * the exact size need not be read. */
-    if (one_name != NULL) {
-        add_n = 1;
-        add_bytes = (uint64_t)one_name->len + one_value->len;
-    } else {
-        add_n = c->n_props;
-        add_bytes = c->props.len; /* the pairs with their length fields */
+    if (rc == 0) {
+        st = s->st[ST_SESS_WRITTEN];
+        rc = bind_where(st, c, 1);
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_bind_int64(st, 4, u2i(a->index));
+        }
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_bind_int64(st, 5, doc[0]);
+        }
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_bind_int64(st, 6, doc[1]);
+        }
+        rc = run(st, rc);
     }
-    if (rc == 0 && 2 + doc[1] + add_bytes + 4 * (doc[0] + add_n) >
-                       STORAGE_DOC_MAX) {
+    if (rc == 0 && may_overflow) {
         rc = doc_size(s, c, &size);
     }
     if (rc != 0) {
@@ -870,7 +970,7 @@ static int op_remove(struct storage *s, const struct apply_ctx *a,
     uint64_t version;
     int rc;
 
-    rc = sess_get(s, c, &exists, &ttl, &version, NULL);
+    rc = sess_get(s, c, &exists, &ttl, &version);
     if (rc != 0) {
         return rc;
     }
@@ -1040,9 +1140,15 @@ static int apply_one(struct storage *s, struct apply_ctx *a,
             return rc == 1 ? 0 : rc; /* replay: the original outcome */
         }
     }
-    rc = run(s->st[ST_SAVEPOINT], SQLITE_OK);
-    if (rc != 0) {
-        return rc;
+    /* Every command runs in a savepoint so that a refusal leaves no
+     * trace, except writes, which open theirs only when they can still be
+     * refused after a change (see op_write). */
+    a->savepoint = 0;
+    if (c->op != CMD_PATCH && c->op != CMD_PROP_PUT) {
+        rc = savepoint_open(s, a);
+        if (rc != 0) {
+            return rc;
+        }
     }
     status = op_dispatch(s, a, c);
     if (is_fatal(status)) {
@@ -1050,14 +1156,18 @@ static int apply_one(struct storage *s, struct apply_ctx *a,
     }
     if (status != STORAGE_OK) {
         a->purged = purged;
-        rc = run(s->st[ST_ROLLBACK_TO], SQLITE_OK);
+        if (a->savepoint) {
+            rc = run(s->st[ST_ROLLBACK_TO], SQLITE_OK);
+            if (rc != 0) {
+                return rc;
+            }
+        }
+    }
+    if (a->savepoint) {
+        rc = run(s->st[ST_RELEASE], SQLITE_OK);
         if (rc != 0) {
             return rc;
         }
-    }
-    rc = run(s->st[ST_RELEASE], SQLITE_OK);
-    if (rc != 0) {
-        return rc;
     }
     res->status = status;
     /* Deterministic outcomes are remembered; a malformed command is not. */
@@ -1346,7 +1456,7 @@ int storage_props_get(struct storage *s, const struct cmd *where,
     *version = 0;
     rc = ns_require(s, where);
     if (rc == 0) {
-        rc = sess_get(s, where, &exists, &ttl, version, NULL);
+        rc = sess_get(s, where, &exists, &ttl, version);
     }
     if (rc == 0) {
         rc = append_props(s, where, sid.base, sid.len, names, n_names, now_ms,
@@ -2065,6 +2175,13 @@ int storage_restore(struct storage *s, const void *data, size_t len)
         goto err_after_db_open;
     }
     rc = db_configure(fresh.db);
+    if (rc == 0) {
+        /* Images from before writes kept the document counts themselves
+         * had triggers for inserts and updates too; with them the counts
+         * would be added twice. */
+        rc = exec_sql(fresh.db, "DROP TRIGGER IF EXISTS properties_ins;"
+                                "DROP TRIGGER IF EXISTS properties_upd;");
+    }
     if (rc != 0) {
         rc = rc == STORAGE_ENOMEM ? rc : STORAGE_ECORRUPT;
         goto err_after_db_open;
@@ -2210,6 +2327,36 @@ static int digest_row(void *arg, const char *table, sqlite3_stmt *st)
         }
     }
     return 0;
+}
+
+int storage_check(struct storage *s)
+{
+    static const char sql[] =
+        "SELECT (SELECT count(*) FROM sessions s WHERE"
+        " doc_count != (SELECT count(*) FROM properties p"
+        "  WHERE p.acc = s.acc AND p.ns = s.ns AND p.sid = s.sid)"
+        " OR doc_bytes != (SELECT coalesce(sum(length(name) + length(value)), 0)"
+        "  FROM properties p"
+        "  WHERE p.acc = s.acc AND p.ns = s.ns AND p.sid = s.sid))"
+        " + (SELECT count(*) FROM properties p WHERE NOT EXISTS"
+        " (SELECT 1 FROM sessions s"
+        "  WHERE s.acc = p.acc AND s.ns = p.ns AND s.sid = p.sid))";
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    int bad = -1;
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        bad = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK) {
+        return map_rc(rc);
+    }
+    return bad == 0 ? 0 : STORAGE_ECORRUPT;
 }
 
 int storage_digest(struct storage *s, uint8_t out[32])

@@ -221,6 +221,12 @@ void storage_backup_free(struct storage_backup *b);
  * order), independent of page layout. */
 int storage_digest(struct storage *s, uint8_t out[32]);
 
+/* Check the data kept alongside the rows: every session's document count
+ * and bytes equal its property rows, and no property row lacks its
+ * session. 0 when they hold, ECORRUPT when not (for tests and fuzzing;
+ * reads every row). */
+int storage_check(struct storage *s);
+
 /* Append a human-readable dump of every row in key order (for tests). */
 int storage_dump(struct storage *s, struct buf *out);
 

@@ -122,6 +122,7 @@ static void check_state(struct storage *s)
     size_t snap_len = 0;
 
     FUZZ_CHECK(storage_digest(s, d1) == STORAGE_OK);
+    FUZZ_CHECK(storage_check(s) == STORAGE_OK);
     FUZZ_CHECK(storage_counts(s, &counts) == STORAGE_OK);
     FUZZ_CHECK(storage_dump(s, &dump) == STORAGE_OK);
     buf_free(&dump);

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -826,6 +827,87 @@ static void expired_rows_are_dropped_after_a_purge_and_a_restore(void **state)
     storage_close(copy);
 }
 
+/* The document counts kept in the session rows (added by writes, taken
+ * away by a trigger on every removal) match the property rows after every
+ * entry of a long pseudo-random mix of writes, deletes, clears, TTLs,
+ * purges, namespace deletes and restores. */
+static void document_counts_follow_every_change(void **state)
+{
+    static const char digits[] = "12345678901234567890123456789012345678901234567890";
+    struct storage *s = *state;
+    uint32_t seed = 12345;
+    uint64_t time = T0;
+    uint64_t index;
+    char sid[4];
+    char name[4];
+    char name2[4];
+
+#define NEXT() (seed = seed * 1103515245u + 12345u, (seed >> 16) & 0x7fff)
+    for (index = 1; index <= 600; index++) {
+        struct cmd c[3];
+        struct buf pairs[3] = {BUF_INIT, BUF_INIT, BUF_INIT};
+        size_t n = 1 + NEXT() % 3;
+        size_t i;
+
+        time += NEXT() % 400;
+        for (i = 0; i < n; i++) {
+            unsigned op = NEXT() % 16;
+            size_t vlen = 1 + NEXT() % 40;
+
+            snprintf(sid, sizeof sid, "s%u", (unsigned)(NEXT() % 4));
+            snprintf(name, sizeof name, "p%u", (unsigned)(NEXT() % 6));
+            snprintf(name2, sizeof name2, "p%u", (unsigned)(NEXT() % 6));
+            if (op < 6) {
+                c[i] = mk(CMD_PROP_PUT, "a", "n", sid);
+                c[i].name = B(name);
+                c[i].value.base = digits;
+                c[i].value.len = (uint32_t)vlen;
+            } else if (op < 9) {
+                c[i] = mk(CMD_PATCH, "a", "n", sid);
+                assert_int_equal(cmd_props_add(&pairs[i], name, strlen(name),
+                                               digits, vlen), 0);
+                assert_int_equal(cmd_props_add(&pairs[i], name2, strlen(name2),
+                                               digits, 41 - vlen), 0);
+                c[i].n_props = 2;
+                c[i].props.base = pairs[i].base;
+                c[i].props.len = (uint32_t)pairs[i].len;
+            } else if (op < 11) {
+                c[i] = mk(CMD_PROP_DELETE, "a", "n", sid);
+                c[i].name = B(name);
+            } else if (op == 11) {
+                c[i] = mk(CMD_SESSION_CLEAR, "a", "n", sid);
+            } else if (op == 12) {
+                c[i] = mk(CMD_SESSION_TTL, "a", "n", sid);
+                c[i].ttl = NEXT() % 3; /* 0 clears it */
+            } else if (op == 13) {
+                c[i] = mk(CMD_NS_PUT, "a", "n", NULL);
+                c[i].ttl = NEXT() % 2;
+            } else if (op == 14) {
+                c[i] = mk(CMD_PURGE, "", "", NULL);
+            } else {
+                c[i] = NEXT() % 8 == 0 ? mk(CMD_NS_DELETE, "a", "n", NULL)
+                                       : mk(CMD_PURGE, "", "", NULL);
+            }
+            c[i].has_if_match = 0;
+        }
+        apply_n(s, index, time, c, n, NULL);
+        for (i = 0; i < 3; i++) {
+            buf_free(&pairs[i]);
+        }
+        assert_int_equal(storage_check(s), 0);
+        if (index % 150 == 0) {
+            void *img;
+            size_t len;
+
+            assert_int_equal(storage_snapshot(s, &img, &len), 0);
+            assert_int_equal(storage_restore(s, img, len), 0);
+            free(img);
+            assert_int_equal(storage_check(s), 0);
+        }
+    }
+#undef NEXT
+}
+
 /* --- Exactly-once ----------------------------------------------------------- */
 
 static void a_repeated_request_id_returns_the_first_outcome(void **state)
@@ -1353,6 +1435,7 @@ int main(void)
         T(a_document_over_the_limit_is_refused_and_changes_nothing),
         T(expired_properties_do_not_count_toward_the_document),
         T(expired_rows_are_dropped_after_a_purge_and_a_restore),
+        T(document_counts_follow_every_change),
         T(every_removal_frees_its_room_in_the_document),
         T(a_repeated_request_id_returns_the_first_outcome),
         T(a_refused_request_is_remembered_with_its_status),
