@@ -469,11 +469,7 @@ static int query_param(const struct route *r, const char *name, struct buf *out)
 
 static void route_free(struct route *r)
 {
-    unsigned i;
-
-    for (i = 0; i < API_MAX_SEGMENTS; i++) {
-        buf_free(&r->seg[i]);
-    }
+    buf_free(&r->text);
 }
 
 static struct cmd_bytes seg_bytes(const struct route *r, unsigned i)
@@ -516,18 +512,28 @@ static int route_match(struct http_request *req, struct route *r)
     if (path_len > 1 && end[-1] == '/') {
         end--;
     }
+    /* Decoding never lengthens a segment: with room for the whole path
+     * and a NUL per segment reserved now, text never moves and the views
+     * stay valid. */
+    if (buf_reserve(&r->text, path_len + API_MAX_SEGMENTS) != 0) {
+        return AE_INTERNAL;
+    }
     p++;
     while (p <= end) {
         const char *slash = memchr(p, '/', (size_t)(end - p));
         const char *stop = slash != NULL ? slash : end;
+        size_t start = r->text.len;
 
         if (r->n_seg == API_MAX_SEGMENTS || stop == p) {
             return 0; /* too deep, or an empty segment: no route */
         }
-        rv = api_percent_decode(p, (size_t)(stop - p), &r->seg[r->n_seg]);
+        rv = api_percent_decode(p, (size_t)(stop - p), &r->text);
         if (rv != 0) {
             return rv == -2 ? AE_UTF8 : AE_BAD_NAME;
         }
+        r->seg[r->n_seg].base = r->text.base + start;
+        r->seg[r->n_seg].len = r->text.len - start;
+        r->text.len++; /* keep the NUL api_percent_decode wrote */
         r->n_seg++;
         p = stop + 1;
         if (slash == NULL) {
@@ -1474,7 +1480,8 @@ static void dispatch(struct api *a, struct http_request *req)
     req->data = (void *)(uintptr_t)(((unsigned)(uintptr_t)req->data & GATE_MASK) |
                                     ((unsigned)r.id << ROUTE_SHIFT));
     if (rv != 0) {
-        api_respond_error(a, req, (enum api_error)rv, "invalid path segment");
+        api_respond_error(a, req, (enum api_error)rv,
+                          rv == AE_INTERNAL ? NULL : "invalid path segment");
         goto out;
     }
     if (r.id == R_NONE) {

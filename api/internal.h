@@ -117,10 +117,20 @@ enum route_id {
 };
 
 /* A request's decoded path and the names the route picked from it. */
+/* A decoded path segment: a view into route.text. */
+struct route_seg
+{
+    const char *base; /* NUL-terminated */
+    size_t len;
+};
+
 struct route
 {
     enum route_id id;
-    struct buf seg[API_MAX_SEGMENTS]; /* decoded path segments (owned) */
+    struct buf text;                  /* every decoded segment, each
+                                         followed by a NUL (owned; one
+                                         allocation per request) */
+    struct route_seg seg[API_MAX_SEGMENTS]; /* views into text */
     unsigned n_seg;                   /* segments used */
     const char *query;                /* raw query string, NULL when none */
     size_t query_len;
