@@ -57,6 +57,7 @@ struct metrics_family
     struct metrics_series *head;      /* series, creation order */
     struct metrics_series *tail;      /* last created */
     struct metrics_series *slots[METRICS_HASH_SLOTS]; /* hash chains */
+    struct metrics_series *last;      /* returned by the last lookup */
 };
 
 struct metrics
@@ -313,10 +314,16 @@ struct metrics_series *metrics_series_get(struct metrics_family *f,
     if (f->n_labels == 0) {
         values = none;
     }
+    /* Most requests in a row share their labels: compare with the last
+     * series found before hashing. */
+    if (f->last != NULL && values_equal(f->last, values, f->n_labels)) {
+        return f->last;
+    }
     h = values_hash(values, f->n_labels);
     slot = (unsigned)(h % METRICS_HASH_SLOTS);
     for (s = f->slots[slot]; s != NULL; s = s->hash_next) {
         if (s->hash == h && values_equal(s, values, f->n_labels)) {
+            f->last = s;
             return s;
         }
     }
@@ -370,6 +377,7 @@ struct metrics_series *metrics_series_get(struct metrics_family *f,
         f->head = s;
     }
     f->tail = s;
+    f->last = s;
     return s;
 }
 

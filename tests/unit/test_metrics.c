@@ -126,6 +126,24 @@ static void the_same_label_values_give_the_same_series(void **state)
         assert_non_null(metrics_series_get(f, v));
     }
     assert_ptr_equal(metrics_series_get(f, v1), s);
+
+    /* The same buffer with new contents is another series, also right
+     * after a lookup (the last series found is checked first, by value). */
+    {
+        char name[16] = "x";
+        const char *v[2] = {name, "y"};
+        struct metrics_series *other;
+
+        assert_ptr_equal(metrics_series_get(f, v), s);
+        name[0] = 'w';
+        other = metrics_series_get(f, v);
+        assert_non_null(other);
+        assert_ptr_not_equal(other, s);
+        name[0] = 'x';
+        assert_ptr_equal(metrics_series_get(f, v), s);
+        assert_ptr_equal(metrics_series_get(f, v3), metrics_series_get(f, v3));
+        assert_ptr_not_equal(metrics_series_get(f, v3), s);
+    }
 }
 
 static void a_counter_never_goes_down(void **state)
