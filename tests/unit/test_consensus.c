@@ -359,6 +359,76 @@ static void proposals_of_one_loop_turn_share_one_entry_with_own_results(
     assert_int_equal(after.pending, 0);
 }
 
+/* Proposes one command per loop turn (an idle handle keeps the loop
+ * turning while entries commit) and records the most entries in flight. */
+struct trickle
+{
+    struct fixture *f;
+    uv_idle_t idle;
+    struct buf enc;
+    int next;          /* next proposal slot */
+    int last;          /* last slot to propose */
+    unsigned max_inflight;
+};
+
+static void trickle_cb(uv_idle_t *h)
+{
+    struct trickle *t = h->data;
+    struct consensus_info info;
+
+    consensus_info(t->f->c, &info);
+    if (info.inflight > t->max_inflight) {
+        t->max_inflight = info.inflight;
+    }
+    if (t->next <= t->last) {
+        assert_int_equal(propose(t->f, t->next, &t->enc), CONSENSUS_OK);
+        t->next++;
+    } else if (pred_all_done(t->f)) {
+        uv_idle_stop(h);
+    }
+}
+
+static void proposals_arriving_while_an_entry_commits_share_the_next_one(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+    struct trickle t;
+    int i;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &before);
+
+    memset(&t, 0, sizeof t);
+    t.f = f;
+    t.next = 1;
+    t.last = MAX_PROPS - 1;
+    encode(&t.enc, CMD_NS_PUT, "ns1", NULL, NULL, NULL, -1, 0);
+    assert_int_equal(uv_idle_init(&f->loop, &t.idle), 0);
+    t.idle.data = &t;
+    assert_int_equal(uv_idle_start(&t.idle, trickle_cb), 0);
+    run_until(f, pred_all_done);
+    uv_idle_stop(&t.idle);
+    uv_close((uv_handle_t *)&t.idle, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    buf_free(&t.enc);
+
+    consensus_info(f->c, &after);
+    for (i = 1; i < MAX_PROPS; i++) {
+        assert_int_equal(f->prop_status[i], CONSENSUS_OK);
+        assert_int_equal(f->prop_result[i].status, STORAGE_OK);
+    }
+    /* Never more than one entry in flight, so proposals made while one
+     * committed were gathered: fewer entries than proposals. */
+    assert_int_equal(t.max_inflight, 1);
+    assert_int_equal(after.inflight, 0);
+    assert_true(after.entries - before.entries < (uint64_t)(MAX_PROPS - 1));
+    assert_int_equal(after.pending, 0);
+}
+
 /* Counts callbacks of the many-proposal test; data points at a counter. */
 static void count_cb(struct consensus_propose *req, int status,
                      const struct storage_result *result)
@@ -1177,6 +1247,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             a_full_batch_spills_into_another_entry_in_the_same_turn, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            proposals_arriving_while_an_entry_commits_share_the_next_one,
+            setup, teardown),
         cmocka_unit_test_setup_teardown(
             a_malformed_command_fails_alone_while_its_entry_applies, setup,
             teardown),
