@@ -44,7 +44,7 @@ struct fixture
     fixture_pred pred;              /* what the current run waits for */
     int timed_out;                  /* the watchdog fired */
     char dir[64];                   /* raft data dir (mkdtemp) */
-    char addr[32];                  /* 127.0.0.1:port */
+    char addr[32];                  /* 127.x.y.z:port */
     struct storage *storage;        /* state machine */
     struct consensus *c;            /* node under test, NULL once closed */
     struct consensus_config cfg;    /* its configuration */
@@ -70,19 +70,30 @@ struct fixture
 
 /* --- Fixture ------------------------------------------------------------ */
 
+/* A free port on a loopback address of its own (127.x.y.z, not
+ * 127.0.0.1): the port is released before the node binds it, and on
+ * 127.0.0.1 a connection of a test running alongside could take it as its
+ * local port in between. */
 static void free_port_addr(char *out, size_t len)
 {
+    static unsigned seq;
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
+    unsigned r = (unsigned)getpid() * 2654435761u + seq++ * 40503u;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
 
     assert_true(fd >= 0);
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_addr.s_addr = htonl(0x7f000000u | (1 + (r >> 8) % 250) << 16 |
+                               ((r >> 16) & 0xff) << 8 | (1 + r % 250));
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
-    snprintf(out, len, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    snprintf(out, len, "127.%u.%u.%u:%u",
+             (unsigned)(ntohl(sa.sin_addr.s_addr) >> 16 & 0xff),
+             (unsigned)(ntohl(sa.sin_addr.s_addr) >> 8 & 0xff),
+             (unsigned)(ntohl(sa.sin_addr.s_addr) & 0xff),
+             (unsigned)ntohs(sa.sin_port));
     close(fd);
 }
 
