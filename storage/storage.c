@@ -119,8 +119,6 @@ static const struct
     X(ST_ACC_PUT, "INSERT INTO accounts(acc, key_hash) VALUES(?1, ?2)"        \
                   " ON CONFLICT(acc) DO UPDATE SET key_hash = excluded.key_hash") \
     X(ST_ACC_GET, "SELECT key_hash FROM accounts WHERE acc = ?1")             \
-    X(ST_NS_GET, "SELECT created_ms, ttl FROM namespaces"                     \
-                 " WHERE acc = ?1 AND ns = ?2")                               \
     X(ST_NS_CREATE, "INSERT OR IGNORE INTO namespaces(acc, ns, created_ms,"   \
                     " ttl) VALUES(?1, ?2, ?3, NULL)")                         \
     X(ST_NS_SET_TTL, "UPDATE namespaces SET ttl = ?3"                         \
@@ -130,9 +128,7 @@ static const struct
     X(ST_NS_DEL_PROPS, "DELETE FROM properties WHERE acc = ?1 AND ns = ?2")   \
     X(ST_NS_LIST, "SELECT ns, created_ms, ttl FROM namespaces"                \
                   " WHERE acc = ?1 ORDER BY ns")                              \
-    X(ST_SESS_GET, "SELECT ttl, version FROM sessions"                        \
-                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")                \
-    X(ST_WRITE_GET, "SELECT n.ttl, s.sid IS NOT NULL, s.ttl, s.version,"       \
+    X(ST_VIEW_GET, "SELECT n.ttl, s.sid IS NOT NULL, s.ttl, s.version,"       \
                     " s.doc_count, s.doc_bytes FROM namespaces n"             \
                     " LEFT JOIN sessions s ON s.acc = n.acc"                  \
                     " AND s.ns = n.ns AND s.sid = ?3"                         \
@@ -570,54 +566,6 @@ static void expiry_floor_refresh(struct storage *s)
     }
 }
 
-/* The namespace row: *exists, and *ttl (seconds, 0 when none). */
-static int ns_get(struct storage *s, const struct cmd *c, int *exists,
-                  int64_t *ttl)
-{
-    sqlite3_stmt *st = s->st[ST_NS_GET];
-    int rc = bind_where(st, c, 0);
-
-    *exists = 0;
-    *ttl = 0;
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_step(st);
-    }
-    if (rc == SQLITE_ROW) {
-        *exists = 1;
-        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
-            *ttl = sqlite3_column_int64(st, 1);
-        }
-        rc = SQLITE_DONE;
-    }
-    finish(st);
-    return rc == SQLITE_DONE ? 0 : map_rc(rc);
-}
-
-/* The session row: *exists, *ttl (0 when none), *version (0 when absent). */
-static int sess_get(struct storage *s, const struct cmd *c, int *exists,
-                    int64_t *ttl, uint64_t *version)
-{
-    sqlite3_stmt *st = s->st[ST_SESS_GET];
-    int rc = bind_where(st, c, 1);
-
-    *exists = 0;
-    *ttl = 0;
-    *version = 0;
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_step(st);
-    }
-    if (rc == SQLITE_ROW) {
-        *exists = 1;
-        if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
-            *ttl = sqlite3_column_int64(st, 0);
-        }
-        *version = col_u64(st, 1);
-        rc = SQLITE_DONE;
-    }
-    finish(st);
-    return rc == SQLITE_DONE ? 0 : map_rc(rc);
-}
-
 /* expires_ms for a write at `time` with a TTL of `ttl` seconds (> 0),
  * saturating instead of overflowing. */
 static int64_t expiry_of(int64_t time, int64_t ttl)
@@ -787,11 +735,12 @@ static int doc_size(struct storage *s, const struct cmd *c, uint64_t *size)
     return rc == SQLITE_DONE ? 0 : map_rc(rc);
 }
 
-/* What a write needs to know before it changes anything, in one lookup. A
- * session row never exists without its namespace row (writes create the
- * namespace first; a namespace delete takes its sessions along), so no
- * namespace row means no session either. */
-struct write_view
+/* The namespace row and the session row of a command, in one lookup (what
+ * a write needs to know before it changes anything; removals, TTLs and
+ * queries use it too). A session row never exists without its namespace
+ * row (writes create the namespace first; a namespace delete takes its
+ * sessions along), so no namespace row means no session either. */
+struct sess_view
 {
     int ns_exists;      /* the namespace row exists */
     int64_t ns_ttl;     /* its TTL in seconds, 0 when none */
@@ -802,10 +751,10 @@ struct write_view
     uint64_t doc_bytes; /* their name and value bytes */
 };
 
-static int write_view_get(struct storage *s, const struct cmd *c,
-                          struct write_view *v)
+static int sess_view_get(struct storage *s, const struct cmd *c,
+                          struct sess_view *v)
 {
-    sqlite3_stmt *st = s->st[ST_WRITE_GET];
+    sqlite3_stmt *st = s->st[ST_VIEW_GET];
     int rc = bind_where(st, c, 1);
 
     memset(v, 0, sizeof *v);
@@ -855,7 +804,7 @@ static int op_write(struct storage *s, struct apply_ctx *a,
                     const struct cmd_bytes *one_value)
 {
     sqlite3_stmt *st;
-    struct write_view v;
+    struct sess_view v;
     int64_t expires = 0;
     uint64_t size = 0;
     uint64_t add_n;
@@ -864,7 +813,7 @@ static int op_write(struct storage *s, struct apply_ctx *a,
     int may_overflow;
     int rc;
 
-    rc = write_view_get(s, c, &v);
+    rc = sess_view_get(s, c, &v);
     if (rc != 0) {
         return rc;
     }
@@ -965,16 +914,14 @@ static int op_remove(struct storage *s, const struct apply_ctx *a,
                      const struct cmd *c, const struct cmd_bytes *name)
 {
     sqlite3_stmt *st;
-    int exists;
-    int64_t ttl;
-    uint64_t version;
+    struct sess_view v;
     int rc;
 
-    rc = sess_get(s, c, &exists, &ttl, &version);
+    rc = sess_view_get(s, c, &v);
     if (rc != 0) {
         return rc;
     }
-    if (c->has_if_match && c->if_match != version) {
+    if (c->has_if_match && c->if_match != v.version) {
         return STORAGE_EPRECONDITION;
     }
     st = s->st[name != NULL ? ST_PROP_DEL : ST_PROP_CLEAR];
@@ -983,7 +930,7 @@ static int op_remove(struct storage *s, const struct apply_ctx *a,
         rc = bind_f(st, 4, *name);
     }
     rc = run(st, rc);
-    if (rc == 0 && exists) {
+    if (rc == 0 && v.sess_exists) {
         rc = sess_bump(s, a, c);
     }
     return rc;
@@ -993,18 +940,17 @@ static int op_session_ttl(struct storage *s, const struct apply_ctx *a,
                           const struct cmd *c)
 {
     sqlite3_stmt *st = s->st[ST_SESS_SET_TTL];
-    int ns_exists;
-    int64_t ns_ttl;
+    struct sess_view v;
     int rc;
 
     if (c->ttl < 0) {
         return STORAGE_ECORRUPT; /* the format requires seconds >= 0 */
     }
-    rc = ns_get(s, c, &ns_exists, &ns_ttl);
+    rc = sess_view_get(s, c, &v);
     if (rc != 0) {
         return rc;
     }
-    if (!ns_exists) {
+    if (!v.ns_exists) {
         return STORAGE_ENOTFOUND;
     }
     rc = bind_where(st, c, 1);
@@ -1303,8 +1249,7 @@ int storage_ns_exists(struct storage *s, const char *acc, size_t acc_len,
                       const char *ns, size_t ns_len)
 {
     struct cmd c;
-    int exists;
-    int64_t ttl;
+    struct sess_view v;
 
     memset(&c, 0, sizeof c);
     if (acc_len > UINT32_MAX || ns_len > UINT32_MAX) {
@@ -1314,20 +1259,19 @@ int storage_ns_exists(struct storage *s, const char *acc, size_t acc_len,
     c.acc.len = (uint32_t)acc_len;
     c.ns.base = ns;
     c.ns.len = (uint32_t)ns_len;
-    return ns_get(s, &c, &exists, &ttl) == 0 && exists;
+    return sess_view_get(s, &c, &v) == 0 && v.ns_exists;
 }
 
 /* Existence check shared by the namespace-scoped queries. */
 static int ns_require(struct storage *s, const struct cmd *where)
 {
-    int exists;
-    int64_t ttl;
-    int rc = ns_get(s, where, &exists, &ttl);
+    struct sess_view v;
+    int rc = sess_view_get(s, where, &v);
 
     if (rc != 0) {
         return rc;
     }
-    return exists ? 0 : STORAGE_ENOTFOUND;
+    return v.ns_exists ? 0 : STORAGE_ENOTFOUND;
 }
 
 static int append_blob_string(struct buf *out, sqlite3_stmt *st, int col)
@@ -1449,14 +1393,15 @@ int storage_props_get(struct storage *s, const struct cmd *where,
 {
     struct cmd_bytes sid = sid_of(where);
     size_t mark = out->len;
-    int exists;
-    int64_t ttl;
+    struct sess_view v;
     int rc;
 
-    *version = 0;
-    rc = ns_require(s, where);
-    if (rc == 0) {
-        rc = sess_get(s, where, &exists, &ttl, version);
+    /* One lookup for both: the namespace must exist, the session need not
+     * (an absent one is an empty document at version 0). */
+    rc = sess_view_get(s, where, &v);
+    *version = v.version;
+    if (rc == 0 && !v.ns_exists) {
+        rc = STORAGE_ENOTFOUND;
     }
     if (rc == 0) {
         rc = append_props(s, where, sid.base, sid.len, names, n_names, now_ms,
@@ -1475,7 +1420,7 @@ int storage_prop_get(struct storage *s, const struct cmd *where,
     int rc;
 
     /* No namespace check: a property row implies its namespace row (see
-     * write_view_get), and either miss is ENOTFOUND. */
+     * sess_view_get), and either miss is ENOTFOUND. */
     rc = bind_where(st, where, 1);
     if (rc == SQLITE_OK) {
         rc = bind_f(st, 4, where->name);
