@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../lib/crypto.h"
+
 /* Deepest nesting the bit stack can track; a larger max_depth is clamped. */
 #define JSON_STACK_BITS 4096
 
@@ -132,20 +134,6 @@ static void skip_ws(struct scanner *s)
     }
 }
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 /* Read "\uHHHH" (four hex digits) at s->pos (the backslash); advance past it. */
 static int read_u_escape(struct scanner *s, unsigned *cp)
 {
@@ -157,7 +145,7 @@ static int read_u_escape(struct scanner *s, unsigned *cp)
         return JSON_ESYNTAX;
     }
     for (i = 2; i < 6; i++) {
-        int h = hex_value(s->p[s->pos + i]);
+        int h = hex_digit((char)s->p[s->pos + i]);
         if (h < 0) {
             return JSON_ESYNTAX;
         }

@@ -146,6 +146,20 @@ void sha256(const void *p, size_t n, uint8_t out[SHA256_LEN])
     sha256_final(&s, out);
 }
 
+int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
 void hex_encode(const uint8_t *p, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";

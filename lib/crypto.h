@@ -24,6 +24,9 @@ void sha256(const void *p, size_t n, uint8_t out[SHA256_LEN]);
 /* Lower-case hex of n bytes into out, which holds 2n+1 bytes. */
 void hex_encode(const uint8_t *p, size_t n, char *out);
 
+/* The value of one hex digit (either case), or -1. */
+int hex_digit(char c);
+
 /* Fill p with n bytes from the kernel's CSPRNG. Returns 0 or -1. */
 int random_bytes(void *p, size_t n);
 
