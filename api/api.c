@@ -365,20 +365,6 @@ int api_valid_property(const char *s, size_t n)
     return valid_name(s, n);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 int api_percent_decode(const char *src, size_t n, struct buf *out)
 {
     size_t i;
@@ -391,8 +377,8 @@ int api_percent_decode(const char *src, size_t n, struct buf *out)
         char c = src[i];
         if (c == '%') {
             int hi, lo;
-            if (n - i < 3 || (hi = hexval(src[i + 1])) < 0 ||
-                (lo = hexval(src[i + 2])) < 0) {
+            if (n - i < 3 || (hi = hex_digit(src[i + 1])) < 0 ||
+                (lo = hex_digit(src[i + 2])) < 0) {
                 return -1;
             }
             c = (char)(hi << 4 | lo);
@@ -1176,7 +1162,8 @@ static int handle_write(struct api *a, struct http_request *req,
 
 static void api_check_cb(uv_check_t *c);
 
-void api_barrier_cb(struct consensus_read *read, int status)
+/* Barrier completion of a read: redispatch with GATE_BARRIER. */
+static void api_barrier_cb(struct consensus_read *read, int status)
 {
     struct api_op *op = CONTAINER_OF(read, struct api_op, read);
     struct api *a = op->api;
@@ -1297,22 +1284,29 @@ static int read_gate(struct api *a, struct http_request *req,
     if (level == LEVEL_LEADER) {
         return 1;
     }
-    {
-        struct api_op *op = api_op_new(a, req, OP_BARRIER, a->cfg.read_timeout_ms);
-        if (op == NULL) {
-            api_respond_error(a, req, AE_INTERNAL, "out of memory");
-            return 0;
-        }
-        op->read.data = op;
-        op->read.cb = api_barrier_cb;
-        rv = consensus_barrier(a->cfg.consensus, &op->read);
-        if (rv != CONSENSUS_OK) {
-            op->req = NULL;
-            api_op_free(op);
-            api_respond_error(a, req, rv == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN
-                                                            : AE_UNAVAILABLE,
-                          NULL);
-        }
+    rv = api_barrier_start(a, req);
+    if (rv != 0) {
+        api_respond_error(a, req, (enum api_error)rv,
+                          rv == AE_INTERNAL ? "out of memory" : NULL);
+    }
+    return 0;
+}
+
+int api_barrier_start(struct api *a, struct http_request *req)
+{
+    struct api_op *op = api_op_new(a, req, OP_BARRIER, a->cfg.read_timeout_ms);
+    int rv;
+
+    if (op == NULL) {
+        return AE_INTERNAL;
+    }
+    op->read.data = op;
+    op->read.cb = api_barrier_cb;
+    rv = consensus_barrier(a->cfg.consensus, &op->read);
+    if (rv != CONSENSUS_OK) {
+        op->req = NULL;
+        api_op_free(op);
+        return rv == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN : AE_UNAVAILABLE;
     }
     return 0;
 }

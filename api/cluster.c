@@ -377,9 +377,7 @@ int api_handle_read_index(struct api *a, struct http_request *req,
                           unsigned gate)
 {
     struct consensus_info info;
-    struct api_op *op;
     char body[64];
-    int rv;
 
     if (gate & GATE_BARRIER) {
         snprintf(body, sizeof body, "{\"index\":%llu}",
@@ -391,19 +389,7 @@ int api_handle_read_index(struct api *a, struct http_request *req,
     if (!info.is_leader) {
         return AE_UNAVAILABLE;
     }
-    op = api_op_new(a, req, OP_BARRIER, a->cfg.read_timeout_ms);
-    if (op == NULL) {
-        return AE_INTERNAL;
-    }
-    op->read.data = op;
-    op->read.cb = api_barrier_cb;
-    rv = consensus_barrier(a->cfg.consensus, &op->read);
-    if (rv != CONSENSUS_OK) {
-        op->req = NULL;
-        api_op_free(op);
-        return rv == CONSENSUS_ESHUTDOWN ? AE_SHUTTING_DOWN : AE_UNAVAILABLE;
-    }
-    return 0;
+    return api_barrier_start(a, req);
 }
 
 /* --- Membership -------------------------------------------------------- */

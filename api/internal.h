@@ -245,8 +245,10 @@ void api_op_list_remove(struct api_op *op);
 struct api_op *api_propose(struct api *a, struct http_request *req,
                            const struct cmd *cmd, int success_status,
                            char *body, size_t body_len);
-/* Barrier completion of a read: redispatch with GATE_BARRIER. */
-void api_barrier_cb(struct consensus_read *read, int status);
+/* Start a read barrier for req on the leader: once it completes the request
+ * is dispatched again with GATE_BARRIER. Returns 0, or the api_error to
+ * answer with (nothing started). */
+int api_barrier_start(struct api *a, struct http_request *req);
 /* Make sure OP_MIN waiters are checked after this loop turn. */
 void api_wake_min_waiters(struct api *a);
 /* consensus_info(), or, without consensus (cfg.consensus == NULL: unit
