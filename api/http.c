@@ -640,6 +640,23 @@ static void conn_write_cb(uv_write_t *wreq, int status)
     conn_update_timer(c);
 }
 
+/* Unlink the answered request at the head of the queue and return it; a
+ * response that says Connection: close ends the connection's requests. */
+static struct http_request *conn_take_head(struct http_conn *c)
+{
+    struct http_request *r = c->head;
+
+    c->head = r->next;
+    if (c->head == NULL) {
+        c->tail = NULL;
+    }
+    c->n_queued--;
+    if (!r->keep_alive) {
+        c->no_more = 1;
+    }
+    return r;
+}
+
 /* Offline: append the n answered requests at the head to the sink. */
 static void conn_flush_offline(struct http_conn *c, unsigned n)
 {
@@ -647,14 +664,7 @@ static void conn_flush_offline(struct http_conn *c, unsigned n)
         struct http_request *r = c->head;
         int rv;
 
-        c->head = r->next;
-        if (c->head == NULL) {
-            c->tail = NULL;
-        }
-        c->n_queued--;
-        if (!r->keep_alive) {
-            c->no_more = 1;
-        }
+        conn_take_head(c);
         rv = buf_append(c->sink, r->resp, r->resp_len);
         request_free(r);
         if (rv != 0) {
@@ -674,14 +684,7 @@ static void conn_write_ext(struct http_conn *c)
     struct http_write *w;
     size_t off;
 
-    c->head = r->next;
-    if (c->head == NULL) {
-        c->tail = NULL;
-    }
-    c->n_queued--;
-    if (!r->keep_alive) {
-        c->no_more = 1; /* this response says Connection: close */
-    }
+    conn_take_head(c);
     r->ext = NULL; /* its reference is ours now */
     w = malloc(sizeof *w + sizeof w->bufs[0]);
     if (w == NULL) {
@@ -779,17 +782,9 @@ static void conn_flush_batch(struct http_conn *c)
     w->owned = 1;
     w->n = n;
     for (i = 0; i < n; i++) {
-        r = c->head;
-        c->head = r->next;
-        if (c->head == NULL) {
-            c->tail = NULL;
-        }
-        c->n_queued--;
+        r = conn_take_head(c);
         w->bufs[i] = uv_buf_init(r->resp, (unsigned)r->resp_len);
         r->resp = NULL;
-        if (!r->keep_alive) {
-            c->no_more = 1; /* this response says Connection: close */
-        }
         request_free(r);
     }
     rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, n, conn_write_cb);
