@@ -682,6 +682,12 @@ static int process_register(struct metrics *m)
     if (rv == 0) {                                  \
         rv = metrics_family_add(m, name, help, type, labels, n, b, nb, out); \
     }
+/* A family without labels and its one series, kept in `series`. */
+#define ADD1(name, type, help, b, nb, series)                           \
+    ADD(name, type, help, NULL, 0, b, nb, &f);                          \
+    if (rv == 0 && ((series) = metrics_series_get(f, NULL)) == NULL) { \
+        rv = METRICS_ENOMEM;                                            \
+    }
     ADD("ctxd_http_requests_total", METRICS_COUNTER,
         "HTTP requests answered by the API, by route template, method and "
         "status class.",
@@ -698,30 +704,19 @@ static int process_register(struct metrics *m)
         "(bad_request 400, body_too_large 413, headers_too_large 431, "
         "request_timeout).",
         reason, 1, NULL, 0, &proc.req_rejected);
-    ADD("ctxd_http_connections_open", METRICS_GAUGE,
-        "Open client connections.", NULL, 0, NULL, 0, &f);
-    if (rv == 0) {
-        proc.conns_open = metrics_series_get(f, NULL);
-    }
-    ADD("ctxd_http_connections_accepted_total", METRICS_COUNTER,
-        "Client connections accepted and served.", NULL, 0, NULL, 0, &f);
-    if (rv == 0) {
-        proc.conns_total = metrics_series_get(f, NULL);
-    }
+    ADD1("ctxd_http_connections_open", METRICS_GAUGE,
+         "Open client connections.", NULL, 0, proc.conns_open);
+    ADD1("ctxd_http_connections_accepted_total", METRICS_COUNTER,
+         "Client connections accepted and served.", NULL, 0,
+         proc.conns_total);
     ADD("ctxd_http_connections_rejected_total", METRICS_COUNTER,
         "Client connections closed at once, by reason (limit: over "
         "--max-connections; stopping).",
         reason, 1, NULL, 0, &proc.conns_rejected);
-    ADD("ctxd_http_received_bytes_total", METRICS_COUNTER,
-        "Bytes read from client connections.", NULL, 0, NULL, 0, &f);
-    if (rv == 0) {
-        proc.bytes_in = metrics_series_get(f, NULL);
-    }
-    ADD("ctxd_http_sent_bytes_total", METRICS_COUNTER,
-        "Bytes written to client connections.", NULL, 0, NULL, 0, &f);
-    if (rv == 0) {
-        proc.bytes_out = metrics_series_get(f, NULL);
-    }
+    ADD1("ctxd_http_received_bytes_total", METRICS_COUNTER,
+         "Bytes read from client connections.", NULL, 0, proc.bytes_in);
+    ADD1("ctxd_http_sent_bytes_total", METRICS_COUNTER,
+         "Bytes written to client connections.", NULL, 0, proc.bytes_out);
     ADD("ctxd_raft_proposal_duration_seconds", METRICS_HISTOGRAM,
         "Time from proposing a write to its apply on this (leader) node.",
         NULL, 0, latency_bounds, N_LATENCY, &proc.proposal);
@@ -730,19 +725,13 @@ static int process_register(struct metrics *m)
         rv = metrics_series_get(proc.proposal, NULL) != NULL ? 0
                                                              : METRICS_ENOMEM;
     }
-    ADD("ctxd_event_loop_turn_seconds", METRICS_HISTOGRAM,
-        "Busy time of one event loop turn (every callback run between two "
-        "waits for I/O): the longest a new event can wait for the loop.",
-        NULL, 0, latency_bounds, N_LATENCY, &f);
-    if (rv == 0) {
-        proc.loop_turn = metrics_series_get(f, NULL);
-    }
-    ADD("ctxd_event_loop_turn_max_seconds", METRICS_GAUGE,
-        "Longest event loop turn since the node started.", NULL, 0, NULL, 0,
-        &f);
-    if (rv == 0) {
-        proc.loop_turn_max = metrics_series_get(f, NULL);
-    }
+    ADD1("ctxd_event_loop_turn_seconds", METRICS_HISTOGRAM,
+         "Busy time of one event loop turn (every callback run between two "
+         "waits for I/O): the longest a new event can wait for the loop.",
+         latency_bounds, N_LATENCY, proc.loop_turn);
+    ADD1("ctxd_event_loop_turn_max_seconds", METRICS_GAUGE,
+         "Longest event loop turn since the node started.", NULL, 0,
+         proc.loop_turn_max);
     ADD("ctxd_raft_state", METRICS_GAUGE,
         "1 for the Raft role this node is in, 0 for the others.", state, 1,
         NULL, 0, NULL);
@@ -754,13 +743,8 @@ static int process_register(struct metrics *m)
             rv = METRICS_ENOMEM;
         }
     }
+#undef ADD1
 #undef ADD
-    if (rv == 0 &&
-        (proc.conns_open == NULL || proc.conns_total == NULL ||
-         proc.bytes_in == NULL || proc.bytes_out == NULL ||
-         proc.loop_turn == NULL || proc.loop_turn_max == NULL)) {
-        rv = METRICS_ENOMEM;
-    }
     return rv;
 }
 
