@@ -39,9 +39,9 @@ local function prop_name(j)
   return "p" .. j
 end
 
-function setup(thread)
-  thread:set("tid", math.random(1, 1000000))
-end
+-- setup() and done(): shared with the other script.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") ..
+       "bench_common.lua")
 
 -- One request of the mode: a write (PATCH, PUT) or a read (GET) of
 -- session s, property j.
@@ -110,16 +110,4 @@ request = function()
     return pool[i + 1]
   end
   return make(write, math.floor(i / per), i % per)
-end
-
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read +
-                 summary.errors.write + summary.errors.status +
-                 summary.errors.timeout
-  io.write(string.format(
-    "RESULT requests=%d duration_s=%.2f rps=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f errors=%d\n",
-    summary.requests, summary.duration / 1e6,
-    summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000, latency.max / 1000, errors))
 end

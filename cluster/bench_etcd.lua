@@ -37,9 +37,9 @@ end
 local value = b64(string.rep("v", vbytes))
 local keyb64 = {}
 
-function setup(thread)
-  thread:set("tid", math.random(1, 1000000))
-end
+-- setup() and done(): shared with the other script.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") ..
+       "bench_common.lua")
 
 local extra = ""
 if serializable then
@@ -80,16 +80,4 @@ request = function()
     return make((counter - 1) % keys)
   end
   return pool[math.random(0, keys - 1)]
-end
-
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read +
-                 summary.errors.write + summary.errors.status +
-                 summary.errors.timeout
-  io.write(string.format(
-    "RESULT requests=%d duration_s=%.2f rps=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f errors=%d\n",
-    summary.requests, summary.duration / 1e6,
-    summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000, latency.max / 1000, errors))
 end
