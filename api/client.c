@@ -60,6 +60,7 @@
  *   once its last handle is closed, after client_close. */
 #include "client.h"
 #include "headers.h"
+#include "http.h"
 
 #include <http_parser.h>
 #include <limits.h>
@@ -146,6 +147,7 @@ struct client_write
 static void peer_dispatch(struct client_peer *p);
 static void conn_close_handle(struct client_conn *conn);
 static void conn_flush(struct client_conn *conn);
+static void conn_mark_written(struct client_conn *conn);
 
 /******************************************************************************
  * Small helpers
@@ -487,8 +489,11 @@ static void conn_flush(struct client_conn *conn)
 {
     struct client_write *cw;
     struct client_request *req;
+    uv_buf_t rest;
+    size_t done;
     unsigned n = 0;
     unsigned i = 0;
+    int rv;
 
     if (conn->closing || conn->state != CONN_OPEN || conn->writing ||
         conn->unsent == NULL) {
@@ -507,19 +512,44 @@ static void conn_flush(struct client_conn *conn)
     for (req = conn->unsent; req != NULL; req = req->next) {
         cw->bufs[i++] = uv_buf_init(req->wire, (unsigned)req->wire_len);
     }
-    if (uv_write(&cw->req, (uv_stream_t *)&conn->tcp, cw->bufs, n,
-                 conn_write_cb) != 0) {
-        free(cw); /* the wire buffers stay with their requests */
+    rv = http_try_write((uv_stream_t *)&conn->tcp, cw->bufs, n, &done, &rest);
+    if (done > 0 || rv == 1) {
+        /* Bytes went out: the requests are in flight, the rest (if any) is
+         * one copy. */
+        for (i = 0; i < n; i++) {
+            free(cw->bufs[i].base);
+        }
+        conn_mark_written(conn);
+        cw->n = 1;
+        cw->bufs[0] = rest;
+    }
+    if (rv == 0 && uv_write(&cw->req, (uv_stream_t *)&conn->tcp, cw->bufs,
+                            cw->n, conn_write_cb) != 0) {
+        free(rest.base);
+        rv = UV_EIO;
+    }
+    if (rv != 0) {
+        free(cw); /* unwritten wire buffers stay with their requests */
+    }
+    if (rv < 0) {
         conn_close_handle(conn);
         return;
     }
-    /* The write owns the bytes now. */
+    conn_mark_written(conn);
+    conn->writing = rv == 0;
+}
+
+/* The requests of conn->unsent are written or being written: the bytes are
+ * no longer theirs. */
+static void conn_mark_written(struct client_conn *conn)
+{
+    struct client_request *req;
+
     for (req = conn->unsent; req != NULL; req = req->next) {
         req->wire = NULL;
         req->written = 1;
     }
     conn->unsent = NULL;
-    conn->writing = 1;
 }
 
 /******************************************************************************

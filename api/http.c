@@ -82,6 +82,10 @@ struct http_server
     void *stop_data;             /* argument of stop_cb */
     char *error_headers;         /* header lines added to the errors this
                                     layer answers itself (owned), or NULL */
+    /* Every read lands here: the loop runs one read callback at a time, and
+     * conn_read_cb parses the bytes or copies the rest to conn->pending
+     * before it returns. */
+    char rbuf[HTTP_READ_CHUNK];
 };
 
 struct http_conn
@@ -415,6 +419,9 @@ static int respond_conn(struct http_request *req, int status,
     conn_flush(c);
     if (!c->closing) {
         conn_update_reading(c);
+        conn_maybe_finish(c); /* the response may be written already */
+    }
+    if (!c->closing) {
         conn_update_timer(c);
     }
     return 0;
@@ -752,6 +759,84 @@ static void conn_flush(struct http_conn *c)
     }
 }
 
+int http_try_write(uv_stream_t *s, const uv_buf_t *bufs, unsigned n,
+                   size_t *written, uv_buf_t *rest)
+{
+    size_t total = 0;
+    size_t skip;
+    size_t off = 0;
+    unsigned i;
+    int rv;
+
+    *written = 0;
+    *rest = uv_buf_init(NULL, 0);
+    for (i = 0; i < n; i++) {
+        total += bufs[i].len;
+    }
+    rv = uv_try_write(s, bufs, n);
+    if (rv == UV_EAGAIN) {
+        return 0;
+    }
+    if (rv < 0) {
+        return rv;
+    }
+    *written = (size_t)rv;
+    if (*written == total) {
+        return 1;
+    }
+    rest->base = malloc(total - *written);
+    if (rest->base == NULL) {
+        return UV_ENOMEM;
+    }
+    rest->len = total - *written;
+    skip = *written;
+    for (i = 0; i < n; i++) {
+        size_t len = bufs[i].len;
+
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        memcpy(rest->base + off, bufs[i].base + skip, len - skip);
+        off += len - skip;
+        skip = 0;
+    }
+    return 0;
+}
+
+/* With no write queued, write w's responses now (see http_try_write).
+ * Returns 1 when w is used up (written and freed, or the connection
+ * closed); 0 when w, or the unwritten rest now in it, is left for
+ * uv_write. */
+static int conn_try_write(struct http_conn *c, struct http_write *w)
+{
+    size_t done;
+    uv_buf_t rest;
+    unsigned i;
+    int rv;
+
+    rv = http_try_write((uv_stream_t *)&c->tcp, w->bufs, w->n, &done, &rest);
+    if (done > 0) {
+        metrics_http_bytes_out(done);
+    }
+    if (rv == 0 && rest.base == NULL) {
+        return 0; /* nothing written: uv_write takes w as it is */
+    }
+    for (i = 0; i < w->n; i++) {
+        free(w->bufs[i].base);
+    }
+    if (rv != 0) {
+        free(w);
+        if (rv < 0) {
+            conn_close(c);
+        }
+        return 1;
+    }
+    w->n = 1;
+    w->bufs[0] = rest;
+    return 0;
+}
+
 /* Write the answered requests at the head up to the first handed-over
  * body, in one uv_write. */
 static void conn_flush_batch(struct http_conn *c)
@@ -787,7 +872,10 @@ static void conn_flush_batch(struct http_conn *c)
         r->resp = NULL;
         request_free(r);
     }
-    rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, n, conn_write_cb);
+    if (c->writes == 0 && conn_try_write(c, w) != 0) {
+        return; /* written, or the connection is closing */
+    }
+    rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, w->n, conn_write_cb);
     if (rv != 0) {
         for (i = 0; i < n; i++) {
             free(w->bufs[i].base);
@@ -1258,10 +1346,10 @@ static size_t conn_feed(struct http_conn *c, const char *data, size_t len)
 
 static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-    (void)h;
+    struct http_conn *c = h->data;
+
     (void)suggested;
-    b->base = malloc(HTTP_READ_CHUNK);
-    b->len = b->base != NULL ? HTTP_READ_CHUNK : 0;
+    *b = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
 }
 
 static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -1282,7 +1370,6 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
             conn_close(c);
         }
     }
-    free(b->base);
     if (c->closing) {
         return;
     }

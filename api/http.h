@@ -176,6 +176,16 @@ int http_feed_bytes(const struct http_limits *limits, const char *data,
 void http_server_stop(struct http_server *s, void (*cb)(void *data),
                       void *data);
 
+/* Write bufs[0..n) to s now, as far as the socket takes them, for a stream
+ * with no uv_write queued. A write taken whole needs no uv_write request,
+ * callback or poll change (libuv re-arms the socket's epoll entry after each
+ * completed uv_write: one epoll_ctl per response). Returns 1 when all was
+ * written; 0 when the rest is for uv_write: *rest is a malloc'd copy of the
+ * unwritten tail, or {NULL, 0} when nothing was written; or a negative libuv
+ * error (UV_ENOMEM for the copy). *written is the bytes written. */
+int http_try_write(uv_stream_t *s, const uv_buf_t *bufs, unsigned n,
+                   size_t *written, uv_buf_t *rest);
+
 /* Reason phrase for a status ("Not Found"). */
 const char *http_status_text(int status);
 

@@ -32,6 +32,7 @@
 #include "../../api/http.h"
 
 #define MAX_RESPONSES 16 /* responses recorded per test */
+#define BIG_ANSWERS 8    /* 1 MiB answers in one pipelined write */
 
 /* One response as the client parsed it. */
 struct response
@@ -88,6 +89,7 @@ struct fixture
     int eof[4];                 /* per step: 1 when the server closed */
     double elapsed_ms[4];       /* per step: time measured by the client */
     int kept_fd;                /* socket left open for the server to close */
+    int big_ok[BIG_ANSWERS];    /* a /big answer arrived whole and intact */
 };
 
 /* A request answered later, from its own timer. */
@@ -102,6 +104,15 @@ struct later
  * Server side
  *****************************************************************************/
 
+#define BIG_LEN (1u << 20) /* bytes of a /big answer */
+
+/* Byte i of a /big answer: no short period, so a lost, repeated or
+ * misplaced run of bytes shows. */
+static char big_byte(size_t i)
+{
+    return (char)('a' + ((i * 2654435761u) >> 7) % 26);
+}
+
 static void answer(struct fixture *f, struct http_request *req)
 {
     char body[512];
@@ -111,8 +122,12 @@ static void answer(struct fixture *f, struct http_request *req)
                  req->body_len);
     f->outstanding--;
     if (strncmp(req->url, "/big", 4) == 0) {
-        static char big[1 << 20];
-        memset(big, 'x', sizeof big);
+        static char big[BIG_LEN];
+        size_t i;
+
+        for (i = 0; i < sizeof big; i++) {
+            big[i] = big_byte(i);
+        }
         http_respond(req, 200, "Content-Type: text/plain\r\n", big,
                      sizeof big);
         return;
@@ -507,6 +522,96 @@ static void client_pipelined(struct fixture *f)
     client_read_response(&c, &f->resp[0]);
     client_read_response(&c, &f->resp[1]);
     client_close(&c);
+}
+
+/* Read one /big answer: 1 when its head says 200 and BIG_LEN bytes, and
+ * every byte of its body is big_byte's. */
+static int client_read_big(struct client *c)
+{
+    char head[1024];
+    char *end;
+    size_t head_len;
+    size_t got = 0;
+    const char *cl;
+
+    for (;;) {
+        end = c->len > 0 ? memmem(c->in, c->len, "\r\n\r\n", 4) : NULL;
+        if (end != NULL) {
+            break;
+        }
+        if (!client_fill(c)) {
+            return 0;
+        }
+    }
+    head_len = (size_t)(end - c->in) + 4;
+    if (head_len >= sizeof head) {
+        return 0;
+    }
+    memcpy(head, c->in, head_len);
+    head[head_len] = '\0';
+    cl = strcasestr(head, "\r\nContent-Length: ");
+    if (strncmp(head, "HTTP/1.1 200 ", 13) != 0 || cl == NULL ||
+        strtoul(cl + 18, NULL, 10) != BIG_LEN) {
+        return 0;
+    }
+    memmove(c->in, c->in + head_len, c->len - head_len);
+    c->len -= head_len;
+    while (got < BIG_LEN) {
+        size_t n = c->len < BIG_LEN - got ? c->len : BIG_LEN - got;
+        size_t i;
+
+        for (i = 0; i < n; i++) {
+            if (c->in[i] != big_byte(got + i)) {
+                return 0;
+            }
+        }
+        got += n;
+        memmove(c->in, c->in + n, c->len - n);
+        c->len -= n;
+        if (got < BIG_LEN && !client_fill(c)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* BIG_ANSWERS answers of 1 MiB queue behind a late one; then all go out in
+ * one write larger than the socket's send buffer can grow to (4 MiB), so
+ * the server writes part at once and queues a copy of the rest. */
+static void client_big_pipeline(struct fixture *f)
+{
+    struct client c;
+    int i;
+
+    if (client_open(&c, f->port) != 0) {
+        return;
+    }
+    client_send_str(&c, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (i = 0; i < BIG_ANSWERS; i++) {
+        client_send_str(&c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    client_send_str(&c, "GET /now HTTP/1.1\r\nHost: x\r\n\r\n");
+    usleep(200 * 1000);
+    client_read_response(&c, &f->resp[0]);
+    for (i = 0; i < BIG_ANSWERS; i++) {
+        f->big_ok[i] = client_read_big(&c);
+    }
+    client_read_response(&c, &f->resp[1]);
+    client_close(&c);
+}
+
+static void answers_the_socket_takes_in_part_arrive_whole(void **state)
+{
+    struct fixture *f = *state;
+    int i;
+
+    run(f, client_big_pipeline);
+    assert_int_equal(f->handled, BIG_ANSWERS + 2);
+    assert_string_equal(f->resp[0].body, "{\"url\":\"/later\",\"len\":0}");
+    for (i = 0; i < BIG_ANSWERS; i++) {
+        assert_true(f->big_ok[i]);
+    }
+    assert_string_equal(f->resp[1].body, "{\"url\":\"/now\",\"len\":0}");
 }
 
 static void pipelined_requests_are_answered_in_order(void **state)
@@ -1136,6 +1241,7 @@ int main(void)
         T(a_204_has_no_length_and_a_head_answer_no_body),
         T(connection_close_closes_after_that_response),
         T(pipelined_requests_are_answered_in_order),
+        T(answers_the_socket_takes_in_part_arrive_whole),
         T(reading_pauses_at_the_pipeline_bound),
         T(a_chunked_body_is_reassembled),
         T(expect_100_continue_is_answered_before_the_body),
