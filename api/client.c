@@ -688,7 +688,7 @@ static void conn_deliver(struct client_conn *conn)
         conn_abort(conn, NULL, 0, CLIENT_REDISPATCH);
     }
     request_complete(c, req, CLIENT_OK, &resp);
-    http_headers_free(hdrs, n_hdrs);
+    http_headers_free(hdrs);
     buf_free(&body);
     if (keep && !c->closing && !conn->closing && p->q_head != NULL) {
         peer_dispatch(p); /* a pipeline slot is free */

@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Buffers larger than this are freed between messages rather than kept. */
+#define HEADERS_KEEP_BYTES 4096
+
 /* RFC 9110 token characters. */
 static int is_tchar(unsigned char ch)
 {
@@ -17,8 +20,8 @@ static int is_tchar(unsigned char ch)
 int http_headers_add(struct http_header_list *l, const char *name,
                      size_t name_len, const char *value, size_t value_len)
 {
-    struct http_header *h;
-    char *block;
+    struct http_header_at *at;
+    char *p;
     size_t i;
 
     /* http-parser lets some bytes through in names (a space before the
@@ -44,35 +47,36 @@ int http_headers_add(struct http_header_list *l, const char *name,
     }
     if (l->n == l->cap) {
         unsigned cap = l->cap == 0 ? 16 : l->cap * 2;
-        struct http_header *grown = realloc(l->items, cap * sizeof *grown);
+        struct http_header_at *grown = realloc(l->at, cap * sizeof *grown);
 
         if (grown == NULL) {
             return -1;
         }
-        l->items = grown;
+        l->at = grown;
         l->cap = cap;
     }
-    block = malloc(name_len + value_len + 2);
-    if (block == NULL) {
+    if (value_len > SIZE_MAX - name_len - 2 ||
+        buf_reserve(&l->text, name_len + value_len + 2) != 0) {
         return -1;
     }
+    at = &l->at[l->n++];
+    at->name = l->text.len;
+    at->value = l->text.len + name_len + 1;
+    at->value_len = value_len;
+    p = l->text.base + l->text.len;
     for (i = 0; i < name_len; i++) {
         char c = name[i];
-        block[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+        p[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
     }
-    block[name_len] = '\0';
+    p[name_len] = '\0';
     if (value_len > 0) {
-        memcpy(block + name_len + 1, value, value_len);
+        memcpy(p + name_len + 1, value, value_len);
     }
-    block[name_len + 1 + value_len] = '\0';
-    h = &l->items[l->n++];
-    h->name = block;
-    h->value = block + name_len + 1;
-    h->value_len = value_len;
+    p[name_len + 1 + value_len] = '\0';
+    l->text.len += name_len + value_len + 2;
     return 0;
 }
 
-/* Complete the header held in name/value. */
 static int headers_commit(struct http_header_list *l)
 {
     int rv = http_headers_add(l, l->name.base != NULL ? l->name.base : "",
@@ -102,9 +106,33 @@ int http_headers_value(struct http_header_list *l, const char *at, size_t len)
 
 int http_headers_end(struct http_header_list *l)
 {
-    if (l->in_value || l->name.len > 0) {
-        return headers_commit(l);
+    struct http_header *items;
+    char *text;
+    unsigned i;
+
+    if ((l->in_value || l->name.len > 0) && headers_commit(l) != 0) {
+        return -1;
     }
+    if (l->items != NULL || l->n == 0) {
+        l->n = 0; /* trailers after the block: dropped */
+        buf_reset(&l->text);
+        return 0;
+    }
+    items = malloc(l->n * sizeof *items + l->text.len);
+    if (items == NULL) {
+        return -1;
+    }
+    text = (char *)(items + l->n);
+    memcpy(text, l->text.base, l->text.len);
+    for (i = 0; i < l->n; i++) {
+        items[i].name = text + l->at[i].name;
+        items[i].value = text + l->at[i].value;
+        items[i].value_len = l->at[i].value_len;
+    }
+    l->items = items;
+    l->n_items = l->n;
+    l->n = 0;
+    buf_reset(&l->text);
     return 0;
 }
 
@@ -112,30 +140,44 @@ struct http_header *http_headers_take(struct http_header_list *l, unsigned *n)
 {
     struct http_header *items = l->items;
 
-    *n = l->n;
+    *n = l->n_items;
     l->items = NULL;
-    l->n = 0;
-    l->cap = 0;
+    l->n_items = 0;
     return items;
 }
 
-void http_headers_free(struct http_header *h, unsigned n)
+void http_headers_free(struct http_header *h)
 {
-    unsigned i;
+    free(h); /* the text lives in the same block */
+}
 
-    for (i = 0; i < n; i++) {
-        free(h[i].name); /* the value lives in the same block */
+static void buf_keep_small(struct buf *b)
+{
+    if (b->cap > HEADERS_KEEP_BYTES) {
+        buf_free(b);
+    } else {
+        buf_reset(b);
     }
-    free(h);
+}
+
+void http_headers_clear(struct http_header_list *l)
+{
+    buf_keep_small(&l->name);
+    buf_keep_small(&l->value);
+    buf_keep_small(&l->text);
+    http_headers_free(l->items);
+    l->items = NULL;
+    l->n_items = 0;
+    l->n = 0;
+    l->in_value = 0;
 }
 
 void http_headers_reset(struct http_header_list *l)
 {
     buf_free(&l->name);
     buf_free(&l->value);
-    http_headers_free(l->items, l->n);
-    l->items = NULL;
-    l->n = 0;
-    l->cap = 0;
-    l->in_value = 0;
+    buf_free(&l->text);
+    free(l->at);
+    http_headers_free(l->items);
+    memset(l, 0, sizeof *l);
 }

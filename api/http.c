@@ -55,6 +55,7 @@
 #include "metrics.h"
 
 #define HTTP_READ_CHUNK 65536 /* bytes per read buffer */
+#define HTTP_RESPONSE_HEAD 192 /* bytes: status line and fixed header lines */
 #define HTTP_LINGER_MS 2000   /* longest wait for the client's EOF, ms */
 #define HTTP_BACKLOG 511      /* listen(2) backlog */
 
@@ -272,7 +273,7 @@ static void request_free(struct http_request *req)
         ext_release(req->ext);
     }
     free(req->url);
-    http_headers_free(req->headers, req->n_headers);
+    http_headers_free(req->headers);
     free(req->body);
     free(req->resp);
     free(req);
@@ -399,7 +400,13 @@ static int respond_conn(struct http_request *req, int status,
         ext_release(req->ext);
         req->ext = NULL;
     }
-    if (buf_append_str(&b, "HTTP/1.1 ") != 0 ||
+    /* One allocation for the usual response: the status line and our
+     * header lines fit in HTTP_RESPONSE_HEAD bytes. */
+    if (buf_reserve(&b, HTTP_RESPONSE_HEAD +
+                            (headers != NULL ? strlen(headers) : 0) +
+                            (!no_body && req->ext == NULL ? body_len : 0)) !=
+            0 ||
+        buf_append_str(&b, "HTTP/1.1 ") != 0 ||
         buf_append_u64(&b, (uint64_t)status) != 0 ||
         buf_append_char(&b, ' ') != 0 ||
         buf_append_str(&b, http_status_text(status)) != 0 ||
@@ -548,6 +555,10 @@ struct http_request *http_request_new_detached(const char *method,
                 goto err_after_req;
             }
             n++;
+        }
+        if (http_headers_end(&list) != 0) {
+            http_headers_reset(&list);
+            goto err_after_req;
         }
         req->headers = http_headers_take(&list, &req->n_headers);
         http_headers_reset(&list);
@@ -935,12 +946,20 @@ static void server_maybe_finish(struct http_server *s)
     }
 }
 
+/* Ready for the next request; the header buffers are kept (see
+ * http_headers_clear) until conn_parse_free. */
 static void conn_parse_reset(struct http_conn *c)
 {
     buf_free(&c->url);
     buf_free(&c->body);
-    http_headers_reset(&c->hdrs);
+    http_headers_clear(&c->hdrs);
     c->header_bytes = 0;
+}
+
+static void conn_parse_free(struct http_conn *c)
+{
+    conn_parse_reset(c);
+    http_headers_reset(&c->hdrs);
 }
 
 static void conn_handle_close_cb(uv_handle_t *h)
@@ -950,7 +969,7 @@ static void conn_handle_close_cb(uv_handle_t *h)
 
     s->n_handles--;
     if (--c->open_handles == 0) {
-        conn_parse_reset(c);
+        conn_parse_free(c);
         buf_free(&c->pending);
         free(c);
     }
@@ -1178,7 +1197,7 @@ static int on_headers_complete(http_parser *p)
         c->fail_status = 413;
         return -1;
     }
-    for (i = 0; i < c->hdrs.n; i++) {
+    for (i = 0; i < c->hdrs.n_items; i++) {
         if (strcmp(c->hdrs.items[i].name, "expect") == 0 &&
             strcasecmp(c->hdrs.items[i].value, "100-continue") == 0 &&
             (p->flags & F_CHUNKED || p->content_length > 0)) {
@@ -1770,7 +1789,7 @@ int http_feed_bytes(const struct http_limits *limits, const char *data,
         rv = -1; /* only out of memory closes an offline connection */
     }
     conn_close(c); /* detaches what the handler still holds */
-    conn_parse_reset(c);
+    conn_parse_free(c);
     buf_free(&c->pending);
     free(c);
     free(s->error_headers);

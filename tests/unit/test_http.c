@@ -65,6 +65,7 @@ struct seen
     char x_test[64];   /* "x-test" header value, or "" */
     int has_empty;     /* an "x-empty" header with an empty value came */
     int keep_alive;    /* client wanted keep-alive */
+    unsigned n_headers; /* headers the request carried */
 };
 
 struct fixture
@@ -191,6 +192,7 @@ static void handler(void *ctx, struct http_request *req)
         h = http_request_header(req, "x-empty");
         s->has_empty = h != NULL && h->value_len == 0;
         s->keep_alive = req->keep_alive;
+        s->n_headers = req->n_headers;
     }
     f->handled++;
     f->outstanding++;
@@ -444,6 +446,78 @@ static void header_names_are_lower_cased_and_values_trimmed(void **state)
     assert_string_equal(f->seen[0].x_test, "hello world");
     assert_int_equal(f->seen[0].has_empty, 1);
     assert_string_equal(f->seen[1].x_test, "");
+}
+
+/* A 6,000-byte header on the first request (its buffers are then freed,
+ * not kept), and fewer headers on each next one of the same connection. */
+static void client_big_then_small_headers(struct fixture *f)
+{
+    static char req[8192];
+    struct client c;
+    int n;
+
+    if (client_open(&c, f->port) != 0) {
+        return;
+    }
+    n = snprintf(req, sizeof req,
+                 "GET /a HTTP/1.1\r\nHost: x\r\nX-Test: first\r\nX-Empty:\r\n"
+                 "X-Big: %0*d\r\n\r\n",
+                 6000, 7);
+    client_send(&c, req, (size_t)n);
+    client_send_str(&c, "GET /b HTTP/1.1\r\nHost: x\r\nX-Test:  second \r\n\r\n"
+                        "GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_read_response(&c, &f->resp[0]);
+    client_read_response(&c, &f->resp[1]);
+    client_read_response(&c, &f->resp[2]);
+    client_close(&c);
+}
+
+static void each_request_has_only_its_own_headers(void **state)
+{
+    struct fixture *f = *state;
+
+    run(f, client_big_then_small_headers);
+    assert_int_equal(f->handled, 3);
+    assert_int_equal(f->seen[0].n_headers, 4);
+    assert_string_equal(f->seen[0].x_test, "first");
+    assert_int_equal(f->seen[0].has_empty, 1);
+    assert_int_equal(f->seen[1].n_headers, 2);
+    assert_string_equal(f->seen[1].x_test, "second");
+    assert_int_equal(f->seen[1].has_empty, 0);
+    assert_int_equal(f->seen[2].n_headers, 1);
+    assert_string_equal(f->seen[2].x_test, "");
+    assert_int_equal(f->resp[2].status, 200);
+}
+
+/* Trailers of a chunked body are read and dropped: the headers are those
+ * before the body. */
+static void client_chunked_with_trailers(struct fixture *f)
+{
+    struct client c;
+
+    if (client_open(&c, f->port) != 0) {
+        return;
+    }
+    client_send_str(&c, "POST /t HTTP/1.1\r\nHost: x\r\nX-Test: head\r\n"
+                        "Transfer-Encoding: chunked\r\n\r\n"
+                        "5\r\nhello\r\n0\r\nX-A: 1\r\nX-Test: trailer\r\n\r\n"
+                        "GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_read_response(&c, &f->resp[0]);
+    client_read_response(&c, &f->resp[1]);
+    client_close(&c);
+}
+
+static void trailers_are_dropped(void **state)
+{
+    struct fixture *f = *state;
+
+    run(f, client_chunked_with_trailers);
+    assert_int_equal(f->handled, 2);
+    assert_int_equal(f->seen[0].n_headers, 3);
+    assert_string_equal(f->seen[0].x_test, "head");
+    assert_string_equal(f->seen[0].body, "hello");
+    assert_string_equal(f->seen[1].x_test, "");
+    assert_int_equal(f->resp[1].status, 200);
 }
 
 static void client_nocontent_and_head(struct fixture *f)
@@ -1238,6 +1312,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(a_get_is_answered_and_the_connection_kept_alive),
         T(header_names_are_lower_cased_and_values_trimmed),
+        T(each_request_has_only_its_own_headers),
+        T(trailers_are_dropped),
         T(a_204_has_no_length_and_a_head_answer_no_body),
         T(connection_close_closes_after_that_response),
         T(pipelined_requests_are_answered_in_order),
