@@ -83,10 +83,10 @@ struct http_server
     void *stop_data;             /* argument of stop_cb */
     char *error_headers;         /* header lines added to the errors this
                                     layer answers itself (owned), or NULL */
-    /* Every read lands here: the loop runs one read callback at a time, and
-     * conn_read_cb parses the bytes or copies the rest to conn->pending
-     * before it returns. */
-    char rbuf[HTTP_READ_CHUNK];
+    /* HTTP_READ_CHUNK bytes every read lands in (NULL offline): the loop
+     * runs one read callback at a time, and conn_read_cb parses the bytes
+     * or copies the rest to conn->pending before it returns. */
+    char *rbuf;
 };
 
 struct http_conn
@@ -932,14 +932,20 @@ static void conn_send_continue(struct http_conn *c)
  * Closing
  *****************************************************************************/
 
+static void server_free(struct http_server *s)
+{
+    free(s->error_headers);
+    free(s->rbuf);
+    free(s);
+}
+
 static void server_maybe_finish(struct http_server *s)
 {
     if (s->stopping && s->n_handles == 0) {
         void (*cb)(void *) = s->stop_cb;
         void *data = s->stop_data;
 
-        free(s->error_headers);
-        free(s);
+        server_free(s);
         if (cb != NULL) {
             cb(data);
         }
@@ -1368,7 +1374,7 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     struct http_conn *c = h->data;
 
     (void)suggested;
-    *b = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
+    *b = uv_buf_init(c->srv->rbuf, HTTP_READ_CHUNK);
 }
 
 static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -1622,7 +1628,7 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss)
 
 static void server_free_cb(uv_handle_t *h)
 {
-    free(h->data);
+    server_free(h->data);
 }
 
 int http_server_start(struct http_server **out, uv_loop_t *loop,
@@ -1643,7 +1649,11 @@ int http_server_start(struct http_server **out, uv_loop_t *loop,
         return UV_EINVAL;
     }
     s = calloc(1, sizeof *s);
-    if (s == NULL) {
+    if (s != NULL) {
+        s->rbuf = malloc(HTTP_READ_CHUNK);
+    }
+    if (s == NULL || s->rbuf == NULL) {
+        free(s);
         snprintf(errmsg, errmsg_len, "listen %s: out of memory", addr);
         return UV_ENOMEM;
     }
@@ -1657,7 +1667,7 @@ int http_server_start(struct http_server **out, uv_loop_t *loop,
     s->ctx = ctx;
     rv = uv_tcp_init(loop, &s->listener);
     if (rv != 0) {
-        free(s);
+        server_free(s);
         snprintf(errmsg, errmsg_len, "listen %s: %s", addr, uv_strerror(rv));
         return rv;
     }
@@ -1792,8 +1802,7 @@ int http_feed_bytes(const struct http_limits *limits, const char *data,
     conn_parse_free(c);
     buf_free(&c->pending);
     free(c);
-    free(s->error_headers);
-    free(s);
+    server_free(s);
     if (rv == 0 && buf_reserve(&sink, 0) != 0) {
         rv = -1;
     }
