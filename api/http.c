@@ -888,7 +888,7 @@ static void conn_flush_batch(struct http_conn *c)
     }
     rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, w->n, conn_write_cb);
     if (rv != 0) {
-        for (i = 0; i < n; i++) {
+        for (i = 0; i < w->n; i++) { /* after a partial write: the rest */
             free(w->bufs[i].base);
         }
         free(w);
