@@ -513,30 +513,40 @@ static void conn_flush(struct client_conn *conn)
         cw->bufs[i++] = uv_buf_init(req->wire, (unsigned)req->wire_len);
     }
     rv = http_try_write((uv_stream_t *)&conn->tcp, cw->bufs, n, &done, &rest);
-    if (done > 0 || rv == 1) {
-        /* Bytes went out: the requests are in flight, the rest (if any) is
-         * one copy. */
-        for (i = 0; i < n; i++) {
-            free(cw->bufs[i].base);
+    if (done == 0 && rv <= 0) {
+        /* Nothing went out: uv_write takes the wire buffers as they are,
+         * or, on an error, they stay with their requests (not sent). */
+        if (rv == 0 && uv_write(&cw->req, (uv_stream_t *)&conn->tcp,
+                                cw->bufs, n, conn_write_cb) == 0) {
+            conn_mark_written(conn);
+            conn->writing = 1;
+            return;
         }
-        conn_mark_written(conn);
-        cw->n = 1;
-        cw->bufs[0] = rest;
-    }
-    if (rv == 0 && uv_write(&cw->req, (uv_stream_t *)&conn->tcp, cw->bufs,
-                            cw->n, conn_write_cb) != 0) {
-        free(rest.base);
-        rv = UV_EIO;
-    }
-    if (rv != 0) {
-        free(cw); /* unwritten wire buffers stay with their requests */
-    }
-    if (rv < 0) {
+        free(cw);
         conn_close_handle(conn);
         return;
     }
+    /* Bytes went out: the requests are in flight; the rest, if any, is one
+     * copy for uv_write. */
+    for (i = 0; i < n; i++) {
+        free(cw->bufs[i].base);
+    }
     conn_mark_written(conn);
-    conn->writing = rv == 0;
+    if (rv == 0) {
+        cw->n = 1;
+        cw->bufs[0] = rest;
+        if (uv_write(&cw->req, (uv_stream_t *)&conn->tcp, cw->bufs, 1,
+                     conn_write_cb) == 0) {
+            conn->writing = 1;
+            return;
+        }
+        free(rest.base);
+        rv = UV_EIO;
+    }
+    free(cw);
+    if (rv < 0) {
+        conn_close_handle(conn);
+    }
 }
 
 /* The requests of conn->unsent are written or being written: the bytes are
