@@ -38,40 +38,51 @@
 
 #include "../lib/crypto.h"
 
-/* Schema: see storage.h. properties_expiry serves PURGE and next_expiry;
- * requests_at serves the dedup window's cleanup. */
+/* Schema: see storage.h. A session row has an integer key, sk, and its
+ * properties are keyed by (sk, name): a write looks the composite key
+ * (acc, ns, sid) up once, in sessions_key, and every other statement of the
+ * write finds its row by an integer, which costs about a third fewer
+ * instructions than comparing the composite BLOB keys again in each one.
+ * sk is the rowid SQLite assigns on insert (the largest plus one), so the
+ * same log gives the same sk on every replica. properties_expiry serves
+ * PURGE and next_expiry; requests_at serves the dedup window's cleanup. */
+#define SCHEMA_SESSIONS                                                       \
+    "CREATE TABLE sessions(sk INTEGER PRIMARY KEY, acc BLOB NOT NULL,"        \
+    " ns BLOB NOT NULL, sid BLOB NOT NULL, created_ms INTEGER NOT NULL,"      \
+    " ttl INTEGER, version INTEGER NOT NULL,"                                 \
+    " doc_count INTEGER NOT NULL DEFAULT 0,"                                  \
+    " doc_bytes INTEGER NOT NULL DEFAULT 0);"                                 \
+    "CREATE UNIQUE INDEX sessions_key ON sessions(acc, ns, sid);"
+#define SCHEMA_PROPERTIES                                                     \
+    "CREATE TABLE properties(sk INTEGER NOT NULL, name BLOB NOT NULL,"        \
+    " value BLOB NOT NULL, expires_ms INTEGER,"                               \
+    " PRIMARY KEY(sk, name)) WITHOUT ROWID;"                                  \
+    "CREATE INDEX properties_expiry ON properties(expires_ms)"                \
+    " WHERE expires_ms IS NOT NULL;"                                          \
+    /* A write drops its session's expired rows first: find them without     \
+     * scanning the session. */                                               \
+    "CREATE INDEX properties_session_expiry"                                  \
+    " ON properties(sk, expires_ms) WHERE expires_ms IS NOT NULL;"            \
+    /* The session row keeps the number and the bytes (name + value) of its  \
+     * property rows, so the document size check reads one row instead of    \
+     * summing the session. Writes (the only path that adds or changes a     \
+     * row) add their own changes in the statement that bumps the session    \
+     * version (op_write); every removal (deletes, clears, purges, expired   \
+     * rows) goes through this trigger. A trigger costs about 20,000         \
+     * instructions per row, which is why writes do not use one. */          \
+    "CREATE TRIGGER properties_del AFTER DELETE ON properties BEGIN"          \
+    " UPDATE sessions SET doc_count = doc_count - 1,"                         \
+    " doc_bytes = doc_bytes - length(OLD.name) - length(OLD.value)"           \
+    " WHERE sk = OLD.sk; END;"
+
 static const char schema_sql[] =
     "CREATE TABLE accounts(acc BLOB NOT NULL PRIMARY KEY,"
     " key_hash BLOB NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE namespaces(acc BLOB NOT NULL, ns BLOB NOT NULL,"
     " created_ms INTEGER NOT NULL, ttl INTEGER,"
     " PRIMARY KEY(acc, ns)) WITHOUT ROWID;"
-    "CREATE TABLE sessions(acc BLOB NOT NULL, ns BLOB NOT NULL,"
-    " sid BLOB NOT NULL, created_ms INTEGER NOT NULL, ttl INTEGER,"
-    " version INTEGER NOT NULL,"
-    " doc_count INTEGER NOT NULL DEFAULT 0,"
-    " doc_bytes INTEGER NOT NULL DEFAULT 0,"
-    " PRIMARY KEY(acc, ns, sid)) WITHOUT ROWID;"
-    "CREATE TABLE properties(acc BLOB NOT NULL, ns BLOB NOT NULL,"
-    " sid BLOB NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,"
-    " expires_ms INTEGER, PRIMARY KEY(acc, ns, sid, name)) WITHOUT ROWID;"
-    "CREATE INDEX properties_expiry ON properties(expires_ms)"
-    " WHERE expires_ms IS NOT NULL;"
-    /* A write drops its session's expired rows first: find them without
-     * scanning the session. */
-    "CREATE INDEX properties_session_expiry"
-    " ON properties(acc, ns, sid, expires_ms) WHERE expires_ms IS NOT NULL;"
-    /* The session row keeps the number and the bytes (name + value) of its
-     * property rows, so the document size check reads one row instead of
-     * summing the session. Writes (the only path that adds or changes a
-     * row) add their own changes in the statement that bumps the session
-     * version (op_write); every removal (deletes, clears, purges, expired
-     * rows) goes through this trigger. A trigger costs about 20,000
-     * instructions per row, which is why writes do not use one. */
-    "CREATE TRIGGER properties_del AFTER DELETE ON properties BEGIN"
-    " UPDATE sessions SET doc_count = doc_count - 1,"
-    " doc_bytes = doc_bytes - length(OLD.name) - length(OLD.value)"
-    " WHERE acc = OLD.acc AND ns = OLD.ns AND sid = OLD.sid; END;"
+    SCHEMA_SESSIONS
+    SCHEMA_PROPERTIES
     "CREATE TABLE requests(acc BLOB NOT NULL, rid BLOB NOT NULL,"
     " at_ms INTEGER NOT NULL, status INTEGER NOT NULL, idx INTEGER NOT NULL,"
     " PRIMARY KEY(acc, rid)) WITHOUT ROWID;"
@@ -81,26 +92,55 @@ static const char schema_sql[] =
     "CREATE TABLE meta(k TEXT NOT NULL PRIMARY KEY, v INTEGER NOT NULL)"
     " WITHOUT ROWID;";
 
-/* Tables in digest/dump order, each with its columns and key order. */
+/* Images taken before sessions had an integer key keep (acc, ns, sid) in
+ * every property row. Restore rebuilds both tables in the layout above,
+ * numbering the sessions in key order; see storage_restore. */
+static const char migrate_sk_sql[] =
+    "DROP TRIGGER IF EXISTS properties_del;"
+    "DROP INDEX IF EXISTS properties_expiry;"
+    "DROP INDEX IF EXISTS properties_session_expiry;"
+    "ALTER TABLE sessions RENAME TO sessions_v1;"
+    "ALTER TABLE properties RENAME TO properties_v1;"
+    SCHEMA_SESSIONS
+    SCHEMA_PROPERTIES
+    "INSERT INTO sessions(acc, ns, sid, created_ms, ttl, version, doc_count,"
+    " doc_bytes) SELECT acc, ns, sid, created_ms, ttl, version, doc_count,"
+    " doc_bytes FROM sessions_v1 ORDER BY acc, ns, sid;"
+    "INSERT INTO properties(sk, name, value, expires_ms)"
+    " SELECT s.sk, p.name, p.value, p.expires_ms FROM properties_v1 p"
+    " JOIN sessions s ON s.acc = p.acc AND s.ns = p.ns AND s.sid = p.sid;";
+
+/* Tables in digest/dump order, each with its columns, the rows they come
+ * from and their key order. The digest and the dump show a session's
+ * properties under (acc, ns, sid), never under sk: sk is a row number, the
+ * same on every replica that applied the same log, but an image migrated
+ * from the layout before sk (see migrate_sk_sql) numbers its sessions in
+ * key order, and two replicas that migrated at different indexes hold the
+ * same state under different numbers. */
 static const struct
 {
     const char *name; /* table name */
-    const char *cols; /* every column, in schema order */
+    const char *cols; /* every column but sk, in schema order */
+    const char *from; /* FROM clause */
     const char *key;  /* ORDER BY: the primary key */
 } tables[] = {
-    {"accounts", "acc, key_hash", "acc"},
-    {"namespaces", "acc, ns, created_ms, ttl", "acc, ns"},
-    {"sessions", "acc, ns, sid, created_ms, ttl, version", "acc, ns, sid"},
-    {"properties", "acc, ns, sid, name, value, expires_ms",
-     "acc, ns, sid, name"},
-    {"requests", "acc, rid, at_ms, status, idx", "acc, rid"},
-    {"nodes", "id, http_addr, region", "id"},
-    {"meta", "k, v", "k"},
+    {"accounts", "acc, key_hash", "accounts", "acc"},
+    {"namespaces", "acc, ns, created_ms, ttl", "namespaces", "acc, ns"},
+    {"sessions", "acc, ns, sid, created_ms, ttl, version", "sessions",
+     "acc, ns, sid"},
+    {"properties",
+     "s.acc AS acc, s.ns AS ns, s.sid AS sid, p.name AS name,"
+     " p.value AS value, p.expires_ms AS expires_ms",
+     "properties p JOIN sessions s ON s.sk = p.sk",
+     "s.acc, s.ns, s.sid, p.name"},
+    {"requests", "acc, rid, at_ms, status, idx", "requests", "acc, rid"},
+    {"nodes", "id, http_addr, region", "nodes", "id"},
+    {"meta", "k, v", "meta", "k"},
 };
 #define N_TABLES (sizeof tables / sizeof tables[0])
 
 /* Every statement apply and the queries use, prepared once. Parameters:
- * ?1 acc, ?2 ns, ?3 sid unless the SQL says otherwise. */
+ * ?1 acc, ?2 ns, ?3 sid, or ?1 sk, unless the SQL says otherwise. */
 #define STMTS(X)                                                              \
     X(ST_BEGIN, "BEGIN")                                                      \
     X(ST_COMMIT, "COMMIT")                                                    \
@@ -125,59 +165,53 @@ static const struct
                      " WHERE acc = ?1 AND ns = ?2")                           \
     X(ST_NS_DEL, "DELETE FROM namespaces WHERE acc = ?1 AND ns = ?2")         \
     X(ST_NS_DEL_SESSIONS, "DELETE FROM sessions WHERE acc = ?1 AND ns = ?2")  \
-    X(ST_NS_DEL_PROPS, "DELETE FROM properties WHERE acc = ?1 AND ns = ?2")   \
+    X(ST_NS_DEL_PROPS, "DELETE FROM properties WHERE sk IN"                   \
+                       " (SELECT sk FROM sessions WHERE acc = ?1 AND ns = ?2)") \
     X(ST_NS_LIST, "SELECT ns, created_ms, ttl FROM namespaces"                \
                   " WHERE acc = ?1 ORDER BY ns")                              \
-    X(ST_VIEW_GET, "SELECT n.ttl, s.sid IS NOT NULL, s.ttl, s.version,"       \
+    X(ST_VIEW_GET, "SELECT n.ttl, s.sk, s.ttl, s.version,"                    \
                     " s.doc_count, s.doc_bytes FROM namespaces n"             \
                     " LEFT JOIN sessions s ON s.acc = n.acc"                  \
                     " AND s.ns = n.ns AND s.sid = ?3"                         \
                     " WHERE n.acc = ?1 AND n.ns = ?2")                        \
-    X(ST_SESS_TOUCH, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"    \
-                     " version) VALUES(?1, ?2, ?3, ?4, NULL, ?5)"             \
-                     " ON CONFLICT(acc, ns, sid)"                             \
-                     " DO UPDATE SET version = excluded.version")             \
+    X(ST_SESS_NEW, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"      \
+                   " version) VALUES(?1, ?2, ?3, ?4, NULL, ?5)")              \
     X(ST_SESS_SET_TTL, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"  \
                        " version) VALUES(?1, ?2, ?3, ?4, ?6, ?5)"             \
                        " ON CONFLICT(acc, ns, sid) DO UPDATE SET"             \
                        " ttl = excluded.ttl, version = excluded.version")     \
-    X(ST_SESS_BUMP, "UPDATE sessions SET version = ?4"                        \
-                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")               \
+    X(ST_SESS_BUMP, "UPDATE sessions SET version = ?2 WHERE sk = ?1")         \
     X(ST_SESS_TTLS, "SELECT sid, created_ms, ttl FROM sessions"               \
                     " WHERE acc = ?1 AND ns = ?2 AND ttl IS NOT NULL"         \
                     " ORDER BY sid")                                          \
     X(ST_PROP_OLD, "SELECT length(value) FROM properties"                     \
-                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4")  \
-    X(ST_PROP_INSERT, "INSERT INTO properties(acc, ns, sid, name, value,"     \
-                      " expires_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")          \
-    X(ST_PROP_UPDATE, "UPDATE properties SET value = ?5, expires_ms = ?6"     \
-                      " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"              \
-                      " AND name = ?4")                                       \
-    X(ST_SESS_WRITTEN, "UPDATE sessions SET version = ?4,"                    \
-                       " doc_count = doc_count + ?5,"                         \
-                       " doc_bytes = doc_bytes + ?6"                          \
-                       " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")            \
-    X(ST_PROP_DEL, "DELETE FROM properties"                                   \
-                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4")  \
-    X(ST_PROP_DEL_EXPIRED, "DELETE FROM properties"                           \
-                           " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"         \
+                   " WHERE sk = ?1 AND name = ?2")                            \
+    X(ST_PROP_INSERT, "INSERT INTO properties(sk, name, value, expires_ms)"   \
+                      " VALUES(?1, ?2, ?3, ?4)")                              \
+    X(ST_PROP_UPDATE, "UPDATE properties SET value = ?3, expires_ms = ?4"     \
+                      " WHERE sk = ?1 AND name = ?2")                         \
+    X(ST_SESS_WRITTEN, "UPDATE sessions SET version = ?2,"                    \
+                       " doc_count = doc_count + ?3,"                         \
+                       " doc_bytes = doc_bytes + ?4 WHERE sk = ?1")           \
+    X(ST_PROP_DEL, "DELETE FROM properties WHERE sk = ?1 AND name = ?2")      \
+    X(ST_PROP_DEL_EXPIRED, "DELETE FROM properties WHERE sk = ?1"             \
                            " AND expires_ms IS NOT NULL"                      \
-                           " AND expires_ms <= ?4")                           \
-    X(ST_PROP_CLEAR, "DELETE FROM properties"                                 \
-                     " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")              \
-    X(ST_DOC_SIZE, "SELECT doc_count, doc_bytes FROM sessions"                \
-                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3")                \
-    X(ST_PROPS_GET, "SELECT name, value FROM properties"                      \
-                    " WHERE acc = ?1 AND ns = ?2 AND sid = ?3"                \
-                    " AND (expires_ms IS NULL OR expires_ms > ?4)"            \
+                           " AND expires_ms <= ?2")                           \
+    X(ST_PROP_CLEAR, "DELETE FROM properties WHERE sk = ?1")                  \
+    X(ST_DOC_SIZE, "SELECT doc_count, doc_bytes FROM sessions WHERE sk = ?1") \
+    X(ST_PROPS_GET, "SELECT name, value FROM properties WHERE sk = ?1"        \
+                    " AND (expires_ms IS NULL OR expires_ms > ?2)"            \
                     " ORDER BY name")                                         \
-    X(ST_PROP_GET, "SELECT value FROM properties"                             \
-                   " WHERE acc = ?1 AND ns = ?2 AND sid = ?3 AND name = ?4"   \
-                   " AND (expires_ms IS NULL OR expires_ms > ?5)")            \
-    X(ST_SESSION_IDS, "SELECT DISTINCT sid FROM properties"                   \
-                      " WHERE acc = ?1 AND ns = ?2"                           \
-                      " AND (expires_ms IS NULL OR expires_ms > ?3)"          \
-                      " ORDER BY sid LIMIT ?4 OFFSET ?5")                     \
+    X(ST_PROP_GET, "SELECT p.value FROM sessions s"                           \
+                   " JOIN properties p ON p.sk = s.sk"                        \
+                   " WHERE s.acc = ?1 AND s.ns = ?2 AND s.sid = ?3"           \
+                   " AND p.name = ?4"                                         \
+                   " AND (p.expires_ms IS NULL OR p.expires_ms > ?5)")        \
+    X(ST_SESSION_IDS, "SELECT s.sk, s.sid FROM sessions s"                    \
+                      " WHERE s.acc = ?1 AND s.ns = ?2 AND EXISTS"            \
+                      " (SELECT 1 FROM properties p WHERE p.sk = s.sk"        \
+                      " AND (p.expires_ms IS NULL OR p.expires_ms > ?3))"     \
+                      " ORDER BY s.sid LIMIT ?4 OFFSET ?5")                   \
     X(ST_PURGE, "DELETE FROM properties"                                      \
                 " WHERE expires_ms IS NOT NULL AND expires_ms <= ?1")         \
     X(ST_NEXT_EXPIRY, "SELECT expires_ms FROM properties"                     \
@@ -637,10 +671,11 @@ static int op_ns_delete(struct storage *s, const struct cmd *c)
     return 0;
 }
 
-static int sess_touch(struct storage *s, const struct apply_ctx *a,
-                      const struct cmd *c)
+/* Insert the row of a session that has none yet; *sk is its key. */
+static int sess_new(struct storage *s, const struct apply_ctx *a,
+                    const struct cmd *c, int64_t *sk)
 {
-    sqlite3_stmt *st = s->st[ST_SESS_TOUCH];
+    sqlite3_stmt *st = s->st[ST_SESS_NEW];
     int rc = bind_where(st, c, 1);
 
     if (rc == SQLITE_OK) {
@@ -649,17 +684,19 @@ static int sess_touch(struct storage *s, const struct apply_ctx *a,
     if (rc == SQLITE_OK) {
         rc = sqlite3_bind_int64(st, 5, u2i(a->index));
     }
-    return run(st, rc);
+    rc = run(st, rc);
+    *sk = rc == 0 ? sqlite3_last_insert_rowid(s->db) : 0;
+    return rc;
 }
 
 static int sess_bump(struct storage *s, const struct apply_ctx *a,
-                     const struct cmd *c)
+                     int64_t sk)
 {
     sqlite3_stmt *st = s->st[ST_SESS_BUMP];
-    int rc = bind_where(st, c, 1);
+    int rc = sqlite3_bind_int64(st, 1, sk);
 
     if (rc == SQLITE_OK) {
-        rc = sqlite3_bind_int64(st, 4, u2i(a->index));
+        rc = sqlite3_bind_int64(st, 2, u2i(a->index));
     }
     return run(st, rc);
 }
@@ -668,16 +705,15 @@ static int sess_bump(struct storage *s, const struct apply_ctx *a,
  * document to doc[0] (rows) and doc[1] (name and value bytes): a lookup of
  * the old value's length, then a plain INSERT or UPDATE (together no
  * dearer than an upsert, and no trigger). */
-static int prop_put(struct storage *s, const struct cmd *c,
-                    struct cmd_bytes name, struct cmd_bytes value,
-                    int64_t expires, int64_t doc[2])
+static int prop_put(struct storage *s, int64_t sk, struct cmd_bytes name,
+                    struct cmd_bytes value, int64_t expires, int64_t doc[2])
 {
     sqlite3_stmt *st = s->st[ST_PROP_OLD];
     int64_t old_len = -1;
-    int rc = bind_where(st, c, 1);
+    int rc = sqlite3_bind_int64(st, 1, sk);
 
     if (rc == SQLITE_OK) {
-        rc = bind_f(st, 4, name);
+        rc = bind_f(st, 2, name);
     }
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
@@ -698,16 +734,16 @@ static int prop_put(struct storage *s, const struct cmd *c,
         st = s->st[ST_PROP_UPDATE];
         doc[1] += (int64_t)value.len - old_len;
     }
-    rc = bind_where(st, c, 1);
+    rc = sqlite3_bind_int64(st, 1, sk);
     if (rc == SQLITE_OK) {
-        rc = bind_f(st, 4, name);
+        rc = bind_f(st, 2, name);
     }
     if (rc == SQLITE_OK) {
-        rc = bind_f(st, 5, value);
+        rc = bind_f(st, 3, value);
     }
     if (rc == SQLITE_OK) {
-        rc = expires == 0 ? sqlite3_bind_null(st, 6)
-                          : sqlite3_bind_int64(st, 6, expires);
+        rc = expires == 0 ? sqlite3_bind_null(st, 4)
+                          : sqlite3_bind_int64(st, 4, expires);
     }
     return run(st, rc);
 }
@@ -715,10 +751,10 @@ static int prop_put(struct storage *s, const struct cmd *c,
 /* Size of the session document once written: 2 + sum(len(name) + 3 +
  * len(value)) + commas. Runs after expired rows of the session are gone, so
  * every row counted is live. */
-static int doc_size(struct storage *s, const struct cmd *c, uint64_t *size)
+static int doc_size(struct storage *s, int64_t sk, uint64_t *size)
 {
     sqlite3_stmt *st = s->st[ST_DOC_SIZE];
-    int rc = bind_where(st, c, 1);
+    int rc = sqlite3_bind_int64(st, 1, sk);
 
     *size = 0;
     if (rc == SQLITE_OK) {
@@ -745,6 +781,7 @@ struct sess_view
     int ns_exists;      /* the namespace row exists */
     int64_t ns_ttl;     /* its TTL in seconds, 0 when none */
     int sess_exists;    /* the session row exists */
+    int64_t sk;         /* its key (sessions.sk), 0 when absent */
     int64_t sess_ttl;   /* its TTL in seconds, 0 when none */
     uint64_t version;   /* its version, 0 when absent */
     uint64_t doc_count; /* its property rows, expired ones included */
@@ -766,8 +803,9 @@ static int sess_view_get(struct storage *s, const struct cmd *c,
         if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
             v->ns_ttl = sqlite3_column_int64(st, 0);
         }
-        v->sess_exists = sqlite3_column_int(st, 1) != 0;
+        v->sess_exists = sqlite3_column_type(st, 1) != SQLITE_NULL;
         if (v->sess_exists) {
+            v->sk = sqlite3_column_int64(st, 1);
             if (sqlite3_column_type(st, 2) != SQLITE_NULL) {
                 v->sess_ttl = sqlite3_column_int64(st, 2);
             }
@@ -852,11 +890,11 @@ static int op_write(struct storage *s, struct apply_ctx *a,
      * Before the floor nothing has expired anywhere, and the DELETE would
      * find nothing: skipping it changes no state, so replicas whose floors
      * differ still agree. */
-    if (a->time >= s->expiry_floor) {
+    if (v.sess_exists && a->time >= s->expiry_floor) {
         st = s->st[ST_PROP_DEL_EXPIRED];
-        rc = bind_where(st, c, 1);
+        rc = sqlite3_bind_int64(st, 1, v.sk);
         if (rc == SQLITE_OK) {
-            rc = sqlite3_bind_int64(st, 4, a->time);
+            rc = sqlite3_bind_int64(st, 2, a->time);
         }
         rc = run(st, rc);
         if (rc != 0) {
@@ -873,35 +911,35 @@ static int op_write(struct storage *s, struct apply_ctx *a,
      * need it), then the properties, then one update of the session with
      * the new version and the document's change. */
     if (!v.sess_exists) {
-        rc = sess_touch(s, a, c);
+        rc = sess_new(s, a, c, &v.sk);
     }
     if (rc == 0 && one_name != NULL) {
-        rc = prop_put(s, c, *one_name, *one_value, expires, doc);
+        rc = prop_put(s, v.sk, *one_name, *one_value, expires, doc);
     } else if (rc == 0) {
         struct cmd_bytes name;
         struct cmd_bytes value;
         size_t pos = 0;
 
         while (rc == 0 && cmd_props_next(c, &pos, &name, &value) == 1) {
-            rc = prop_put(s, c, name, value, expires, doc);
+            rc = prop_put(s, v.sk, name, value, expires, doc);
         }
     }
     if (rc == 0) {
         st = s->st[ST_SESS_WRITTEN];
-        rc = bind_where(st, c, 1);
+        rc = sqlite3_bind_int64(st, 1, v.sk);
         if (rc == SQLITE_OK) {
-            rc = sqlite3_bind_int64(st, 4, u2i(a->index));
+            rc = sqlite3_bind_int64(st, 2, u2i(a->index));
         }
         if (rc == SQLITE_OK) {
-            rc = sqlite3_bind_int64(st, 5, doc[0]);
+            rc = sqlite3_bind_int64(st, 3, doc[0]);
         }
         if (rc == SQLITE_OK) {
-            rc = sqlite3_bind_int64(st, 6, doc[1]);
+            rc = sqlite3_bind_int64(st, 4, doc[1]);
         }
         rc = run(st, rc);
     }
     if (rc == 0 && may_overflow) {
-        rc = doc_size(s, c, &size);
+        rc = doc_size(s, v.sk, &size);
     }
     if (rc != 0) {
         return rc;
@@ -924,14 +962,17 @@ static int op_remove(struct storage *s, const struct apply_ctx *a,
     if (c->has_if_match && c->if_match != v.version) {
         return STORAGE_EPRECONDITION;
     }
+    if (!v.sess_exists) {
+        return 0; /* no session row, no property rows */
+    }
     st = s->st[name != NULL ? ST_PROP_DEL : ST_PROP_CLEAR];
-    rc = bind_where(st, c, 1);
+    rc = sqlite3_bind_int64(st, 1, v.sk);
     if (rc == SQLITE_OK && name != NULL) {
-        rc = bind_f(st, 4, *name);
+        rc = bind_f(st, 2, *name);
     }
     rc = run(st, rc);
-    if (rc == 0 && v.sess_exists) {
-        rc = sess_bump(s, a, c);
+    if (rc == 0) {
+        rc = sess_bump(s, a, v.sk);
     }
     return rc;
 }
@@ -1341,23 +1382,18 @@ static int name_wanted(const struct cmd_bytes *names, size_t n_names,
     return 0;
 }
 
-/* Append the JSON object of a session's live properties (filtered by names
- * when non-NULL). sid is given separately so session_props can pass the one
- * it is iterating. */
-static int append_props(struct storage *s, const struct cmd *where,
-                        const void *sid, size_t sid_len,
+/* Append the JSON object of the live properties of session sk (filtered
+ * by names when non-NULL). */
+static int append_props(struct storage *s, int64_t sk,
                         const struct cmd_bytes *names, size_t n_names,
                         uint64_t now_ms, struct buf *out)
 {
     sqlite3_stmt *st = s->st[ST_PROPS_GET];
     int first = 1;
-    int rc = bind_where(st, where, 0);
+    int rc = sqlite3_bind_int64(st, 1, sk);
 
     if (rc == SQLITE_OK) {
-        rc = bind_b(st, 3, sid, sid_len);
-    }
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_bind_int64(st, 4, u2i(now_ms));
+        rc = sqlite3_bind_int64(st, 2, u2i(now_ms));
     }
     if (rc == SQLITE_OK && buf_append_char(out, '{') != 0) {
         rc = SQLITE_NOMEM;
@@ -1391,7 +1427,6 @@ int storage_props_get(struct storage *s, const struct cmd *where,
                       const struct cmd_bytes *names, size_t n_names,
                       uint64_t now_ms, struct buf *out, uint64_t *version)
 {
-    struct cmd_bytes sid = sid_of(where);
     size_t mark = out->len;
     struct sess_view v;
     int rc;
@@ -1403,9 +1438,10 @@ int storage_props_get(struct storage *s, const struct cmd *where,
     if (rc == 0 && !v.ns_exists) {
         rc = STORAGE_ENOTFOUND;
     }
-    if (rc == 0) {
-        rc = append_props(s, where, sid.base, sid.len, names, n_names, now_ms,
-                          out);
+    if (rc == 0 && !v.sess_exists) {
+        rc = buf_append_str(out, "{}") == 0 ? 0 : STORAGE_ENOMEM;
+    } else if (rc == 0) {
+        rc = append_props(s, v.sk, names, n_names, now_ms, out);
     }
     if (rc != 0) {
         truncate_buf(out, mark);
@@ -1476,8 +1512,9 @@ static int session_page(struct storage *s, const struct cmd *where,
         rc = sqlite3_bind_int64(st, 5, (sqlite3_int64)(page * per_page));
     }
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const void *sid = sqlite3_column_blob(st, 0);
-        size_t sid_len = (size_t)sqlite3_column_bytes(st, 0);
+        int64_t sk = sqlite3_column_int64(st, 0);
+        const void *sid = sqlite3_column_blob(st, 1);
+        size_t sid_len = (size_t)sqlite3_column_bytes(st, 1);
 
         rc = SQLITE_NOMEM;
         if (!first && buf_append_char(out, ',') != 0) {
@@ -1495,7 +1532,7 @@ static int session_page(struct storage *s, const struct cmd *where,
                 buf_append_str(out, ",\"property\":") != 0) {
                 break;
             }
-            prc = append_props(s, where, sid, sid_len, NULL, 0, now_ms, out);
+            prc = append_props(s, sk, NULL, 0, now_ms, out);
             if (prc != 0) {
                 rc = prc == STORAGE_ENOMEM ? SQLITE_NOMEM : SQLITE_ERROR;
                 break;
@@ -2086,6 +2123,57 @@ static int check_schema(sqlite3 *db)
     return 0;
 }
 
+/* One integer from a query that answers one row, or -1. */
+static int64_t query_i64(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st;
+    int64_t v = -1;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        return -1;
+    }
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Bring an image from before sessions had an integer key (its properties
+ * still have an acc column) to the current layout, in one transaction:
+ * every property row must find its session, or the image is refused. */
+static int migrate_sk(sqlite3 *db)
+{
+    int64_t old_layout = query_i64(
+        db, "SELECT count(*) FROM pragma_table_info('properties')"
+            " WHERE name = 'acc'");
+    int64_t before;
+    int rc;
+
+    if (old_layout <= 0) {
+        return old_layout == 0 ? 0 : STORAGE_ECORRUPT;
+    }
+    before = query_i64(db, "SELECT count(*) FROM properties");
+    rc = exec_sql(db, "BEGIN");
+    if (rc != 0) {
+        return rc;
+    }
+    rc = exec_sql(db, migrate_sk_sql);
+    if (rc == 0 && (before < 0 ||
+                    query_i64(db, "SELECT count(*) FROM properties") !=
+                        before)) {
+        rc = STORAGE_ECORRUPT; /* a property without its session */
+    }
+    if (rc == 0) {
+        rc = exec_sql(db, "DROP TABLE sessions_v1; DROP TABLE properties_v1;"
+                          "COMMIT");
+    }
+    if (rc != 0) {
+        exec_sql(db, "ROLLBACK"); /* the caller discards db anyway */
+    }
+    return rc;
+}
+
 int storage_restore(struct storage *s, const void *data, size_t len)
 {
     static const char magic[16] = "SQLite format 3";
@@ -2133,6 +2221,10 @@ int storage_restore(struct storage *s, const void *data, size_t len)
     rc = check_integrity(fresh.db);
     if (rc == 0) {
         rc = check_schema(fresh.db);
+    }
+    if (rc == 0) {
+        rc = migrate_sk(fresh.db);
+        rc = rc == 0 || rc == STORAGE_ENOMEM ? rc : STORAGE_ECORRUPT;
     }
     if (rc != 0) {
         goto err_after_db_open;
@@ -2186,7 +2278,7 @@ static int walk_rows(struct storage *s, table_fn on_table, row_fn on_row,
         int rc;
 
         if (buf_printf(&sql, "SELECT %s FROM %s ORDER BY %s", tables[i].cols,
-                       tables[i].name, tables[i].key) != 0) {
+                       tables[i].from, tables[i].key) != 0) {
             return STORAGE_ENOMEM;
         }
         rc = sqlite3_prepare_v2(s->db, sql.base, -1, &st, NULL);
@@ -2277,14 +2369,11 @@ int storage_check(struct storage *s)
 {
     static const char sql[] =
         "SELECT (SELECT count(*) FROM sessions s WHERE"
-        " doc_count != (SELECT count(*) FROM properties p"
-        "  WHERE p.acc = s.acc AND p.ns = s.ns AND p.sid = s.sid)"
+        " doc_count != (SELECT count(*) FROM properties p WHERE p.sk = s.sk)"
         " OR doc_bytes != (SELECT coalesce(sum(length(name) + length(value)), 0)"
-        "  FROM properties p"
-        "  WHERE p.acc = s.acc AND p.ns = s.ns AND p.sid = s.sid))"
+        "  FROM properties p WHERE p.sk = s.sk))"
         " + (SELECT count(*) FROM properties p WHERE NOT EXISTS"
-        " (SELECT 1 FROM sessions s"
-        "  WHERE s.acc = p.acc AND s.ns = p.ns AND s.sid = p.sid))";
+        " (SELECT 1 FROM sessions s WHERE s.sk = p.sk))";
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
     int bad = -1;
