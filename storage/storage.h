@@ -9,12 +9,15 @@
  * every replica. Queries take the serving node's clock (now_ms) only to hide
  * properties whose expiry has passed but which no purge has removed yet.
  *
- * Schema (all WITHOUT ROWID, keyed by their natural keys):
+ * Schema (WITHOUT ROWID and keyed by their natural keys, except sessions):
  *   accounts(acc, key_hash)
  *   namespaces(acc, ns, created_ms, ttl)           ttl NULL = none
- *   sessions(acc, ns, sid, created_ms, ttl, version) version = index of the
+ *   sessions(sk, acc, ns, sid, created_ms, ttl, version, doc_count,
+ *            doc_bytes)                            sk: integer key (rowid),
+ *                                                  unique (acc, ns, sid);
+ *                                                  version = index of the
  *                                                  session's last change
- *   properties(acc, ns, sid, name, value, expires_ms)  value is JSON text
+ *   properties(sk, name, value, expires_ms)       value is JSON text
  *   requests(acc, rid, at_ms, status, idx)         exactly-once window
  *   nodes(id, http_addr, region)                   cluster directory
  *   meta(k, v)                                     applied index, last time
