@@ -271,9 +271,9 @@ def big(binary, nodes, duration, props):
         print("%-8s %-34s %.1f s (%d properties/s)" % (topo, "fill " + label, fill_s,
                                                        sessions * per / fill_s))
         # Let followers apply everything before RSS is read.
-        li = cl.digest_index(leader)
+        li = cl.applied_index(leader)
         end = time.monotonic() + 120
-        while time.monotonic() < end and any(cl.digest_index(p) != li for p in cl.ports):
+        while time.monotonic() < end and any(cl.applied_index(p) != li for p in cl.ports):
             time.sleep(0.2)
         rss = [round(bl.rss_kib(pid) / 1024.0, 1) for pid in cl.pids()]
         out["rss MiB " + label] = rss
@@ -311,15 +311,15 @@ def big(binary, nodes, duration, props):
         end = time.monotonic() + 120
         while snapshots(cl)[0] == 0 and time.monotonic() < end:
             bl.collect([bl.wrk(leader, "put", 16, 1, 5, env, timeout_s=10)])
-        li = cl.digest_index(leader)
+        li = cl.applied_index(leader)
         newid = len(cl.ports) + 1
         t0 = time.monotonic()
         cl.join(newid, leader)
         ni = None
         end = time.monotonic() + 600
         while time.monotonic() < end:
-            ni = cl.digest_index(cl.port_of(newid))
-            if ni is not None and ni >= li and ni == cl.digest_index(leader):
+            ni = cl.applied_index(cl.port_of(newid))
+            if ni is not None and ni >= li and ni == cl.applied_index(leader):
                 break
             time.sleep(0.1)
         join_s = time.monotonic() - t0
