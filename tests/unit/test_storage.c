@@ -156,6 +156,24 @@ static char *rows_of(struct storage *s)
     return d;
 }
 
+/* a and b hold the same state: equal digests and equal dumps. */
+static void assert_same_state(struct storage *a, struct storage *b)
+{
+    uint8_t da[32];
+    uint8_t db[32];
+    char *xa;
+    char *xb;
+
+    digest_of(a, da);
+    digest_of(b, db);
+    assert_memory_equal(da, db, 32);
+    xa = dump_of(a);
+    xb = dump_of(b);
+    assert_string_equal(xa, xb);
+    free(xa);
+    free(xb);
+}
+
 static int setup(void **state)
 {
     struct storage *s;
@@ -1157,10 +1175,6 @@ static void a_snapshot_restores_to_the_same_state(void **state)
 {
     struct storage *s = *state;
     struct storage *copy;
-    uint8_t d1[32];
-    uint8_t d2[32];
-    char *dump1;
-    char *dump2;
     void *img;
     size_t len;
     struct storage_counts c1;
@@ -1171,12 +1185,7 @@ static void a_snapshot_restores_to_the_same_state(void **state)
     assert_int_equal(storage_open(&copy), 0);
     apply1(copy, 1, T0, mk_put("z", "z", "z", "z", "1")); /* replaced */
     assert_int_equal(storage_restore(copy, img, len), 0);
-    digest_of(s, d1);
-    digest_of(copy, d2);
-    assert_memory_equal(d1, d2, 32);
-    dump1 = dump_of(s);
-    dump2 = dump_of(copy);
-    assert_string_equal(dump1, dump2);
+    assert_same_state(s, copy);
     assert_int_equal(storage_applied_index(copy), 3);
     assert_int_equal(storage_last_time_ms(copy), T0 + 60000);
     assert_int_equal(storage_counts(s, &c1), 0);
@@ -1187,11 +1196,7 @@ static void a_snapshot_restores_to_the_same_state(void **state)
     /* The restored storage keeps applying like the original. */
     apply1(s, 4, T0 + 61000, mk_put("a", "n", "s", "p", "2"));
     apply1(copy, 4, T0 + 61000, mk_put("a", "n", "s", "p", "2"));
-    digest_of(s, d1);
-    digest_of(copy, d2);
-    assert_memory_equal(d1, d2, 32);
-    free(dump1);
-    free(dump2);
+    assert_same_state(s, copy);
     free(img);
     storage_close(copy);
 }
@@ -1410,10 +1415,6 @@ static void an_image_from_before_session_keys_is_migrated(void **state)
     struct storage *copy;
     unsigned char *img;
     size_t len;
-    uint8_t d1[32];
-    uint8_t d2[32];
-    char *dump1;
-    char *dump2;
     struct buf out = BUF_INIT;
 
     fill(s);
@@ -1423,12 +1424,7 @@ static void an_image_from_before_session_keys_is_migrated(void **state)
     assert_int_equal(storage_open(&copy), 0);
     assert_int_equal(storage_restore(copy, img, len), 0);
     assert_int_equal(storage_check(copy), 0);
-    digest_of(s, d1);
-    digest_of(copy, d2);
-    assert_memory_equal(d1, d2, 32);
-    dump1 = dump_of(s);
-    dump2 = dump_of(copy);
-    assert_string_equal(dump1, dump2);
+    assert_same_state(s, copy);
     assert_int_equal(storage_applied_index(copy), 5);
     assert_props(copy, "a", "n", "t", T0 + 60000, "{\"x\":\"y\"}");
 
@@ -1444,9 +1440,7 @@ static void an_image_from_before_session_keys_is_migrated(void **state)
         apply_n(s, 6, T0 + 61000, c, 4, NULL);
         apply_n(copy, 6, T0 + 61000, c, 4, NULL);
     }
-    digest_of(s, d1);
-    digest_of(copy, d2);
-    assert_memory_equal(d1, d2, 32);
+    assert_same_state(s, copy);
     assert_int_equal(storage_check(copy), 0);
     assert_int_equal(storage_session_ids(copy, &(struct cmd){
                                              .acc = B("a"), .ns = B("n")},
@@ -1454,8 +1448,6 @@ static void an_image_from_before_session_keys_is_migrated(void **state)
                      0);
     assert_string_equal(out.base, "[\"b\",\"c\"]");
     buf_free(&out);
-    free(dump1);
-    free(dump2);
     sqlite3_free(img);
     storage_close(copy);
 }
@@ -1493,18 +1485,11 @@ static void the_same_entries_give_the_same_digest_and_dump(void **state)
     struct storage *b;
     uint8_t da[32];
     uint8_t db[32];
-    char *xa;
-    char *xb;
 
     assert_int_equal(storage_open(&b), 0);
     fill(a);
     fill(b);
-    digest_of(a, da);
-    digest_of(b, db);
-    assert_memory_equal(da, db, 32);
-    xa = dump_of(a);
-    xb = dump_of(b);
-    assert_string_equal(xa, xb);
+    assert_same_state(a, b);
 
     /* One different value changes the digest. */
     apply1(a, 4, T0 + 61000, mk_put("a", "n", "s", "p", "2"));
@@ -1512,8 +1497,6 @@ static void the_same_entries_give_the_same_digest_and_dump(void **state)
     digest_of(a, da);
     digest_of(b, db);
     assert_memory_not_equal(da, db, 32);
-    free(xa);
-    free(xb);
     storage_close(b);
 }
 
