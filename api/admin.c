@@ -80,26 +80,136 @@ void api_handle_health(struct api *a, struct http_request *req,
     api_respond(a, req, 200, NULL, ready, sizeof ready - 1);
 }
 
-/* GET /admin/v1/digest: this node's applied index and state hash. */
-int api_handle_digest(struct api *a, struct http_request *req)
+/* The digest answer's body, or -1 on out of memory. */
+static int digest_body(struct buf *body, uint64_t node_id, uint64_t index,
+                       const uint8_t digest[SHA256_LEN])
 {
-    uint8_t digest[SHA256_LEN];
     char hex[2 * SHA256_LEN + 1];
+
+    hex_encode(digest, SHA256_LEN, hex);
+    return buf_printf(body, "{\"node\":%llu,\"index\":%llu,\"sha256\":\"%s\"}",
+                      (unsigned long long)node_id,
+                      (unsigned long long)index, hex);
+}
+
+/* GET /admin/v1/digest: this node's applied index and state hash.
+ *
+ *   storage_digest_fork (on the loop: a fork) ──▶ digest_work (a libuv
+ *   worker: read the child's 32 bytes, reap it) ──▶ digest_done (on the
+ *   loop: answer)
+ *
+ * Hashing the state takes seconds at a million properties, so a child
+ * process does it on its copy-on-write view of the state at the fork; the
+ * loop only pays the fork. Like the backup job, the job keeps the storage,
+ * the loop and the request, never the api. One digest at a time per node
+ * (the reading blocks one of libuv's worker threads, which libraft's disk
+ * writes share): another request meanwhile gets 429 and retries. */
+struct digest_job
+{
+    uv_work_t work;            /* reads the child's answer */
+    struct storage_image img;  /* the child, then done */
+    void *data;                /* its 32 bytes (malloc'd), or NULL */
+    size_t len;                /* bytes at data */
+    int rv;                    /* storage_image_read's result */
+    struct storage *storage;   /* released in digest_done */
+    uint64_t node_id;          /* this node */
+    uint64_t index;            /* applied index at the fork */
+    uv_loop_t *loop;           /* the api's loop */
+    struct http_request *req;  /* answered in digest_done */
+    char node_header[64];      /* copy of the api's X-Context-Node line */
+    uint64_t start_ms;         /* the request's start (uv_now) */
+};
+
+static void digest_work(uv_work_t *w)
+{
+    struct digest_job *j = w->data;
+
+    j->rv = storage_image_read(&j->img, &j->data, &j->len);
+}
+
+/* The request line and metrics of the answer (api_respond's, which needs
+ * the api). */
+static void digest_log(struct digest_job *j, int status)
+{
+    uint64_t ms = uv_now(j->loop) - j->start_ms;
+
+    metrics_api_request("/admin/v1/digest", "GET", status,
+                        (double)ms / 1000.0);
+    LOGD("request",
+         " method=GET route=\"/admin/v1/digest\" status=%d duration_ms=%llu "
+         "request_id=\"\"",
+         status, (unsigned long long)ms);
+}
+
+static void digest_done(uv_work_t *w, int status)
+{
+    struct digest_job *j = w->data;
     struct buf body = BUF_INIT;
 
-    if (storage_digest(a->cfg.storage, digest) != STORAGE_OK) {
-        return AE_INTERNAL;
+    storage_digest_release(j->storage);
+    if (status == 0 && j->rv == 0 && j->len == SHA256_LEN &&
+        digest_body(&body, j->node_id, j->index, j->data) == 0) {
+        digest_log(j, 200);
+        http_respond(j->req, 200, j->node_header, body.base, body.len);
+    } else {
+        LOGW("digest failed", " err=\"%s\"", storage_strerror(j->rv));
+        digest_log(j, 500);
+        metrics_api_error("internal", 500);
+        http_respond_error(j->req, 500, j->node_header, "internal",
+                           "digest failed");
     }
-    hex_encode(digest, sizeof digest, hex);
-    if (buf_printf(&body, "{\"node\":%llu,\"index\":%llu,\"sha256\":\"%s\"}",
-                   (unsigned long long)a->cfg.node_id,
-                   (unsigned long long)storage_applied_index(a->cfg.storage),
-                   hex) != 0) {
-        buf_free(&body);
-        return AE_INTERNAL;
-    }
-    api_respond(a, req, 200, NULL, body.base, body.len);
     buf_free(&body);
+    free(j->data);
+    free(j);
+}
+
+int api_handle_digest(struct api *a, struct http_request *req)
+{
+    struct digest_job *j;
+    uint8_t digest[SHA256_LEN];
+    struct buf body = BUF_INIT;
+    int rv;
+
+    if (a->cfg.loop == NULL) {
+        /* No loop to wait on (offline requests): hash here. */
+        if (storage_digest(a->cfg.storage, digest) != STORAGE_OK ||
+            digest_body(&body, a->cfg.node_id,
+                        storage_applied_index(a->cfg.storage), digest) != 0) {
+            buf_free(&body);
+            return AE_INTERNAL;
+        }
+        api_respond(a, req, 200, NULL, body.base, body.len);
+        buf_free(&body);
+        return 0;
+    }
+    j = calloc(1, sizeof *j);
+    if (j == NULL) {
+        return AE_INTERNAL;
+    }
+    j->index = storage_applied_index(a->cfg.storage);
+    rv = storage_digest_fork(a->cfg.storage, &j->img);
+    if (rv != STORAGE_OK) {
+        free(j);
+        if (rv == STORAGE_EBUSY) {
+            api_respond_error(a, req, AE_OVERLOADED,
+                              "another digest is in progress, retry");
+            return 0;
+        }
+        return AE_INTERNAL;
+    }
+    j->work.data = j;
+    j->storage = a->cfg.storage;
+    j->node_id = a->cfg.node_id;
+    j->loop = a->cfg.loop;
+    j->req = req;
+    j->start_ms = req->start_ms;
+    snprintf(j->node_header, sizeof j->node_header, "%s", a->node_header);
+    if (uv_queue_work(a->cfg.loop, &j->work, digest_work, digest_done) != 0) {
+        storage_image_discard(&j->img);
+        storage_digest_release(a->cfg.storage);
+        free(j);
+        return AE_INTERNAL;
+    }
     return 0;
 }
 

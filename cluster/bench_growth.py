@@ -20,7 +20,8 @@ write cells take snapshots at the measured size. For each topology:
                over all those properties, the snapshot pause as above, the
                time a restart takes to answer /readyz again (the single node,
                or a follower), and the time a new node takes to join (--join)
-               and reach the leader's applied index (/admin/v1/digest)
+               and reach the leader's applied index (ctxd_raft_applied_index
+               in /metrics)
 
 A cell with errors gives no figure. Every wait is bounded.
 """

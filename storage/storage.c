@@ -256,6 +256,8 @@ struct storage
                                        have changed (SET_KEY, restore) */
     struct storage_backup *backup;  /* the online backup in progress (not
                                        owned), NULL when none */
+    int digest_busy;                /* a digest child is not yet released
+                                       (storage_digest_fork) */
     int64_t expiry_floor;           /* no property expires before this:
                                        a lower bound of every expires_ms
                                        (INT64_MAX: none expire), see
@@ -1782,14 +1784,46 @@ static ssize_t fd_read_all(int fd, void *p, size_t n)
     return (ssize_t)got;
 }
 
-/* In the child: write the 8-byte little-endian length, then the image.
- * Never returns. Only async-signal-safe work besides SQLite's own reads
- * (and, for a ":memory:" database that SQLite cannot hand over without a
- * copy, its malloc, which glibc makes safe after fork). */
-static void image_child(sqlite3 *db, int fd, pid_t parent)
+/* What a forked child sends: the whole database image, or its digest. */
+enum image_kind { IMAGE_SNAPSHOT, IMAGE_DIGEST };
+
+/* The kind's bytes in the calling process, into a malloc'd buffer. */
+static int image_take(struct storage *s, enum image_kind kind, void **data,
+                      size_t *len)
+{
+    uint8_t *d;
+    int rc;
+
+    if (kind == IMAGE_SNAPSHOT) {
+        return storage_snapshot(s, data, len);
+    }
+    *data = NULL;
+    *len = 0;
+    d = malloc(SHA256_LEN);
+    if (d == NULL) {
+        return STORAGE_ENOMEM;
+    }
+    rc = storage_digest(s, d);
+    if (rc != 0) {
+        free(d);
+        return rc;
+    }
+    *data = d;
+    *len = SHA256_LEN;
+    return 0;
+}
+
+/* In the child: write the 8-byte little-endian length, then the bytes of
+ * the kind. Never returns. Only async-signal-safe work besides SQLite's
+ * own reads (and its malloc, for a ":memory:" database that SQLite cannot
+ * hand over without a copy and for the digest's statements, which glibc
+ * makes safe after fork). */
+static void image_child(struct storage *s, enum image_kind kind, int fd,
+                        pid_t parent)
 {
     sqlite3_int64 size = 0;
     unsigned char *img;
+    uint8_t digest[SHA256_LEN];
     unsigned char hdr[8];
     uint64_t n;
     int i;
@@ -1800,9 +1834,18 @@ static void image_child(sqlite3 *db, int fd, pid_t parent)
     }
     /* Background work: the node's loop comes first for the CPU. */
     (void)setpriority(PRIO_PROCESS, 0, 10);
-    img = sqlite3_serialize(db, "main", &size, SQLITE_SERIALIZE_NOCOPY);
-    if (img == NULL) {
-        img = sqlite3_serialize(db, "main", &size, 0);
+    if (kind == IMAGE_DIGEST) {
+        if (storage_digest(s, digest) != 0) {
+            _exit(1);
+        }
+        img = digest;
+        size = SHA256_LEN;
+    } else {
+        img = sqlite3_serialize(s->db, "main", &size,
+                                SQLITE_SERIALIZE_NOCOPY);
+        if (img == NULL) {
+            img = sqlite3_serialize(s->db, "main", &size, 0);
+        }
     }
     if (img == NULL || size < 0) {
         _exit(1);
@@ -1818,7 +1861,8 @@ static void image_child(sqlite3 *db, int fd, pid_t parent)
     _exit(0);
 }
 
-int storage_image_fork(struct storage *s, struct storage_image *img)
+static int image_fork(struct storage *s, enum image_kind kind,
+                      struct storage_image *img)
 {
     int fds[2];
     pid_t parent = getpid();
@@ -1827,7 +1871,7 @@ int storage_image_fork(struct storage *s, struct storage_image *img)
     memset(img, 0, sizeof *img);
     img->fd = -1;
     if (pipe(fds) != 0) {
-        return storage_snapshot(s, &img->data, &img->len);
+        return image_take(s, kind, &img->data, &img->len);
     }
     /* Not inherited by anything the node might exec. */
     (void)fcntl(fds[0], F_SETFD, FD_CLOEXEC);
@@ -1836,16 +1880,40 @@ int storage_image_fork(struct storage *s, struct storage_image *img)
     if (pid < 0) {
         close(fds[0]);
         close(fds[1]);
-        return storage_snapshot(s, &img->data, &img->len);
+        return image_take(s, kind, &img->data, &img->len);
     }
     if (pid == 0) {
         close(fds[0]);
-        image_child(s->db, fds[1], parent);
+        image_child(s, kind, fds[1], parent);
     }
     close(fds[1]);
     img->pid = (int)pid;
     img->fd = fds[0];
     return 0;
+}
+
+int storage_image_fork(struct storage *s, struct storage_image *img)
+{
+    return image_fork(s, IMAGE_SNAPSHOT, img);
+}
+
+int storage_digest_fork(struct storage *s, struct storage_image *img)
+{
+    int rc;
+
+    if (s->digest_busy) {
+        memset(img, 0, sizeof *img);
+        img->fd = -1;
+        return STORAGE_EBUSY;
+    }
+    rc = image_fork(s, IMAGE_DIGEST, img);
+    s->digest_busy = rc == 0;
+    return rc;
+}
+
+void storage_digest_release(struct storage *s)
+{
+    s->digest_busy = 0;
 }
 
 /* Close the pipe and reap the child; 0 when it exited with status 0. */

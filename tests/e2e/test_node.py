@@ -314,6 +314,76 @@ class NodeProcess(NodeTestCase):
                 if ww == w:
                     self.assertEqual(doc.get(prop), {"v": prop}, "lost acknowledged %s" % prop)
 
+    def test_a_digest_is_hashed_off_the_loop_at_the_index_it_was_asked(self):
+        """The digest is computed by a forked child. The test stops that
+        child (SIGSTOP) to hold the digest open: meanwhile the node answers
+        health checks, reads and writes, and a second digest gets 429; once
+        the child goes on, the first request gets the digest of the state
+        at the index it was asked at, not of the state after the writes."""
+        n = self.started()
+        key = self.account(n)
+        c = self.client(n, key)
+        # Enough rows that hashing them takes far longer than finding the
+        # child (100,000 properties: about 0.25 s on two cores).
+        for s in range(200):
+            members = {"p%d" % j: j for j in range(500)}
+            self.assertEqual(c.patch("/v1/account/acme/ns/s%d/properties" % s,
+                                     members).status, 204)
+        admin = self.admin_client(n)
+        before = admin.get("/admin/v1/digest")
+        self.assertEqual(before.status, 200, before)
+        self.assertEqual(children_of(n.proc.pid), [])
+
+        held = {}
+
+        def ask():
+            a = n.admin()
+            a.timeout = 120
+            try:
+                held["resp"] = a.get("/admin/v1/digest")
+            finally:
+                a.close()
+
+        t = threading.Thread(target=ask)
+        t.start()
+        child = None
+        try:
+            deadline = time.monotonic() + 10
+            while child is None and time.monotonic() < deadline:
+                kids = children_of(n.proc.pid)
+                if kids:
+                    child = kids[0]
+                    os.kill(child, signal.SIGSTOP)
+            self.assertIsNotNone(child, "no digest child appeared")
+            self.assertNotIn("resp", held, "the digest finished before the "
+                             "child was stopped: too little data")
+            # The node serves while its digest is held.
+            self.assertEqual(c.get("/healthz", key=False).status, 200)
+            self.assertEqual(c.put("/v1/account/acme/ns/s0/properties/late",
+                                   "1").status, 204)
+            self.assertEqual(c.get("/v1/account/acme/ns/s0/properties/late")
+                             .json(), 1)
+            busy = admin.get("/admin/v1/digest")
+            self.assertStatus(busy, 429, "overloaded")
+            self.assertEqual(busy.headers.get("retry-after"), "1")
+            self.assertNotIn("resp", held)
+        finally:
+            if child is not None:
+                os.kill(child, signal.SIGCONT)
+            t.join(timeout=120)
+        resp = held.get("resp")
+        self.assertIsNotNone(resp)
+        self.assertEqual(resp.status, 200, resp)
+        self.assertEqual(resp.json(), before.json())
+        after = admin.get("/admin/v1/digest")
+        self.assertEqual(after.status, 200, after)
+        self.assertGreater(after.json()["index"], before.json()["index"])
+        self.assertNotEqual(after.json()["sha256"], before.json()["sha256"])
+        deadline = time.monotonic() + 10
+        while children_of(n.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(children_of(n.proc.pid), [])
+
     def test_restart_rebuilds_state_from_snapshot_and_log(self):
         n = self.started(args=["--snapshot-threshold", "64", "--snapshot-trailing", "16"])
         key = self.account(n)

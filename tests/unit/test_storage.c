@@ -1254,6 +1254,50 @@ static void a_forked_image_is_the_state_at_the_fork(void **state)
     assert_null(image);
 }
 
+/* A forked digest is the digest of the state at the fork; one at a time
+ * until released. */
+static void a_forked_digest_is_the_digest_at_the_fork(void **state)
+{
+    struct storage *s = *state;
+    struct storage_image img;
+    struct storage_image busy;
+    uint8_t want[32];
+    uint8_t now[32];
+    void *data;
+    size_t len;
+
+    fill(s);
+    digest_of(s, want);
+    assert_int_equal(storage_digest_fork(s, &img), 0);
+    assert_int_equal(storage_digest_fork(s, &busy), STORAGE_EBUSY);
+    assert_int_equal(busy.pid, 0);
+    assert_int_equal(busy.fd, -1);
+    apply1(s, storage_applied_index(s) + 1, T0 + 70000,
+           mk_put("a", "n", "s", "late", "1"));
+    assert_int_equal(storage_image_read(&img, &data, &len), 0);
+    assert_int_equal(len, 32);
+    assert_memory_equal(data, want, 32);
+    free(data);
+    assert_int_equal(storage_digest_fork(s, &busy), STORAGE_EBUSY);
+    storage_digest_release(s);
+
+    /* The next one sees the write; a discarded one frees the slot too. */
+    digest_of(s, now);
+    assert_memory_not_equal(now, want, 32);
+    assert_int_equal(storage_digest_fork(s, &img), 0);
+    assert_int_equal(storage_image_read(&img, &data, &len), 0);
+    assert_int_equal(len, 32);
+    assert_memory_equal(data, now, 32);
+    free(data);
+    storage_digest_release(s);
+    assert_int_equal(storage_digest_fork(s, &img), 0);
+    storage_image_discard(&img);
+    storage_digest_release(s);
+    assert_int_equal(storage_digest_fork(s, &img), 0);
+    storage_image_discard(&img);
+    storage_digest_release(s);
+}
+
 static void restoring_bad_bytes_fails_and_keeps_the_old_state(void **state)
 {
     struct storage *s = *state;
@@ -1582,6 +1626,7 @@ int main(void)
         T(a_snapshot_restores_to_the_same_state),
         T(a_forked_image_is_the_state_at_the_fork),
         T(restoring_bad_bytes_fails_and_keeps_the_old_state),
+        T(a_forked_digest_is_the_digest_at_the_fork),
         T(a_database_without_our_schema_is_refused),
         T(an_image_from_before_session_keys_is_migrated),
         T(an_old_image_with_an_orphan_property_is_refused),
