@@ -75,7 +75,17 @@
  * then raft_close fails the in-flight ones synchronously (libraft reports
  * LEADERSHIPLOST, which becomes ESHUTDOWN while closing). When raft's close
  * callback and both of our handles' close callbacks have run, the user
- * callback fires and the object is freed.
+ * callback fires. The memory (raft, its io and transport) is freed later,
+ * by consensus_free once the loop has drained: libraft 0.15 reports the
+ * close before the writer of its last open segment has finished closing,
+ * and that writer's close callback checks the io once more
+ * (uvAliveSegmentWriterCloseCb calls uvMaybeFireCloseCb; cowsql/raft#45
+ * removed the call). With the io freed in raft's close callback, as it used
+ * to be here, that check read freed memory: SIGSEGV at SIGTERM in about one
+ * e2e run in twenty under load. With the io alive it would report the close
+ * a second time (a double free in ioCloseCb), unless the transport's data
+ * is non-NULL, which makes the check return at once: so raft's close
+ * callback sets it.
  *
  * Invariants:
  *   - pending == proposals in queued batches + proposals in in-flight batches.
@@ -182,6 +192,7 @@ struct consensus
 
     int closing;                     /* close started: refuse new work */
     int raft_closed;                 /* raft close callback has run */
+    int destroyed;                   /* consensus_destroy has run */
     unsigned handles_open;           /* our uv handles not yet closed */
     void (*close_cb)(void *data);    /* user close callback, may be NULL */
     void *close_data;                /* its argument */
@@ -1022,12 +1033,12 @@ static void consensus_destroy(struct consensus *c)
         cb(data);
     }
     consensus_fsm_close(&c->fsm);
-    free(c);
 }
 
 static void consensus_maybe_destroy(struct consensus *c)
 {
-    if (c->raft_closed && c->handles_open == 0) {
+    if (c->raft_closed && c->handles_open == 0 && !c->destroyed) {
+        c->destroyed = 1;
         consensus_destroy(c);
     }
 }
@@ -1044,8 +1055,9 @@ static void consensus_raft_close_cb(struct raft *r)
 {
     struct consensus *c = r->data;
 
-    raft_uv_close(&c->io);
-    consensus_transport_close(&c->transport);
+    /* A late uvMaybeFireCloseCb returns at "transport data != NULL" instead
+     * of closing a second time (see Shutdown above). */
+    c->transport.outer.data = &c->transport;
     c->raft_closed = 1;
     consensus_maybe_destroy(c);
 }
@@ -1073,6 +1085,16 @@ static void consensus_shutdown(struct consensus *c)
     uv_close((uv_handle_t *)&c->check, consensus_handle_close_cb);
     uv_close((uv_handle_t *)&c->purge_timer, consensus_handle_close_cb);
     raft_close(&c->raft, consensus_raft_close_cb);
+}
+
+void consensus_free(struct consensus *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    raft_uv_close(&c->io);
+    consensus_transport_close(&c->transport);
+    free(c);
 }
 
 void consensus_close(struct consensus *c, void (*cb)(void *data), void *data)

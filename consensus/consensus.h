@@ -89,8 +89,14 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
                     char *errmsg, size_t errmsg_len);
 
 /* Stop: fail queued/in-flight requests with ESHUTDOWN, close raft, then call
- * cb (on the loop); the object is freed after cb returns. */
+ * cb (on the loop). The object must not be used after cb; free it with
+ * consensus_free() once the loop has no more work (uv_run returned): until
+ * then libraft may still call into its memory (see consensus.c). */
 void consensus_close(struct consensus *c, void (*cb)(void *data), void *data);
+
+/* Free a consensus whose close callback has run, after its loop drained.
+ * NULL is ignored. */
+void consensus_free(struct consensus *c);
 
 /* --- Proposals ----------------------------------------------------- */
 

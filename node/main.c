@@ -16,7 +16,7 @@
  *   connections closed once their last response is written; writes in
  *   flight complete or time out) → consensus_close (raft closed, anything
  *   still pending fails) → api_close → signal handles closed → the loop
- *   ends → storage closed → exit 0. A guard timer ends the process with
+ *   ends → consensus freed, storage closed → exit 0. A guard timer ends the process with
  *   status 1 if a stop takes longer than SHUTDOWN_GUARD_MS. */
 #include <dirent.h>
 #include <errno.h>
@@ -412,7 +412,7 @@ static void on_consensus_closed(void *data)
 {
     struct node *n = data;
 
-    n->consensus = NULL;
+    /* n->consensus is freed after the loop ends (consensus_free). */
     api_close(n->api);
     n->api = NULL;
     uv_close((uv_handle_t *)&n->sigint, on_handle_closed);
@@ -665,6 +665,8 @@ int main(int argc, char **argv)
         uv_run(n->loop, UV_RUN_DEFAULT);
     }
     uv_loop_close(n->loop);
+    consensus_free(n->consensus);
+    n->consensus = NULL;
     if (n->storage != NULL) {
         storage_close(n->storage);
     }

@@ -236,6 +236,27 @@ class NodeProcess(NodeTestCase):
         self.assertEqual(r.status, 200)
         self.assertGreaterEqual(r.json()["i"], last)
 
+    def test_sigterm_right_after_writes_exits_0_every_time(self):
+        """libraft 0.15 reports its close before the writer of its last open
+        segment has closed, and that writer's close callback looks at the io
+        again (see consensus.c, Shutdown). When ctxd freed the io in the
+        close callback, a SIGTERM right after a few writes crashed the node
+        (SIGSEGV) in 6 of 220 such stops: this loop of 40 catches that about
+        two times in three."""
+        for i in range(40):
+            n = self.new_node()
+            n.start()
+            key = self.account(n)
+            c = n.client(key)
+            try:
+                for j in range(3):
+                    self.assertEqual(c.put("/v1/account/acme/ns/s%d/properties/p" % j,
+                                           "1").status, 204)
+            finally:
+                c.close()
+            n.stop(signal.SIGTERM)  # asserts exit 0 and no sanitizer report
+            n.cleanup()
+
     def test_sigint_exits_0(self):
         n = self.started()
         n.stop(signal.SIGINT)

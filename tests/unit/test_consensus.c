@@ -31,6 +31,7 @@
 #define POLL_MS 2         /* ms between predicate checks */
 #define MAX_PROPS 64      /* proposals one test tracks */
 #define MAX_CHANGES 8     /* membership changes one test tracks */
+#define MAX_RETIRED 16    /* closed nodes one test leaves to teardown */
 
 struct fixture;
 typedef int (*fixture_pred)(struct fixture *f);
@@ -66,7 +67,17 @@ struct fixture
     struct consensus_change changes[MAX_CHANGES]; /* membership requests */
     int change_calls[MAX_CHANGES];  /* callback count per change */
     int change_status[MAX_CHANGES]; /* status per change */
+    struct consensus *retired[MAX_RETIRED]; /* closed, freed at teardown */
+    unsigned n_retired;             /* entries of retired */
 };
+
+/* A node whose close callback has run is freed only once the loop has
+ * drained (consensus_free), which teardown does. */
+static void retire(struct fixture *f, struct consensus *c)
+{
+    assert_true(f->n_retired < MAX_RETIRED);
+    f->retired[f->n_retired++] = c;
+}
 
 /* --- Fixture ------------------------------------------------------------ */
 
@@ -160,6 +171,7 @@ static void node_stop(struct fixture *f)
         consensus_close(f->c, closed_cb, f);
         run_until(f, pred_closed);
         assert_int_equal(f->closed, 1);
+        retire(f, f->c);
         f->c = NULL;
         f->closed = 0;
     }
@@ -227,6 +239,9 @@ static int teardown(void **state)
     uv_close((uv_handle_t *)&f->watchdog, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&f->loop), 0);
+    while (f->n_retired > 0) {
+        consensus_free(f->retired[--f->n_retired]);
+    }
     remove_dir(f->dir);
     free(f);
     return 0;
@@ -847,6 +862,7 @@ static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
 
     for (i = 0; i < N_NODES; i++) {
         consensus_close(cl.nodes[i], closed_cb, f);
+        retire(f, cl.nodes[i]);
     }
     run_until(f, pred_cluster_closed);
     f->closed = 0;
@@ -933,6 +949,7 @@ static void node2_closed_cb(void *data)
 {
     struct fixture *f = data;
 
+    retire(f, f->c2);
     f->c2 = NULL;
 }
 
