@@ -80,6 +80,20 @@ void api_handle_health(struct api *a, struct http_request *req,
     api_respond(a, req, 200, NULL, ready, sizeof ready - 1);
 }
 
+/* The request line and metrics of a GET answered by a job after its
+ * handler returned (api_respond's, which needs the api). */
+static void job_log(uv_loop_t *loop, uint64_t start_ms, const char *route,
+                    int status)
+{
+    uint64_t ms = uv_now(loop) - start_ms;
+
+    metrics_api_request(route, "GET", status, (double)ms / 1000.0);
+    LOGD("request",
+         " method=GET route=\"%s\" status=%d duration_ms=%llu "
+         "request_id=\"\"",
+         route, status, (unsigned long long)ms);
+}
+
 /* The digest answer's body, or -1 on out of memory. */
 static int digest_body(struct buf *body, uint64_t node_id, uint64_t index,
                        const uint8_t digest[SHA256_LEN])
@@ -127,20 +141,6 @@ static void digest_work(uv_work_t *w)
     j->rv = storage_image_read(&j->img, &j->data, &j->len);
 }
 
-/* The request line and metrics of the answer (api_respond's, which needs
- * the api). */
-static void digest_log(struct digest_job *j, int status)
-{
-    uint64_t ms = uv_now(j->loop) - j->start_ms;
-
-    metrics_api_request("/admin/v1/digest", "GET", status,
-                        (double)ms / 1000.0);
-    LOGD("request",
-         " method=GET route=\"/admin/v1/digest\" status=%d duration_ms=%llu "
-         "request_id=\"\"",
-         status, (unsigned long long)ms);
-}
-
 static void digest_done(uv_work_t *w, int status)
 {
     struct digest_job *j = w->data;
@@ -149,11 +149,11 @@ static void digest_done(uv_work_t *w, int status)
     storage_digest_release(j->storage);
     if (status == 0 && j->rv == 0 && j->len == SHA256_LEN &&
         digest_body(&body, j->node_id, j->index, j->data) == 0) {
-        digest_log(j, 200);
+        job_log(j->loop, j->start_ms, "/admin/v1/digest", 200);
         http_respond(j->req, 200, j->node_header, body.base, body.len);
     } else {
         LOGW("digest failed", " err=\"%s\"", storage_strerror(j->rv));
-        digest_log(j, 500);
+        job_log(j->loop, j->start_ms, "/admin/v1/digest", 500);
         metrics_api_error("internal", 500);
         http_respond_error(j->req, 500, j->node_header, "internal",
                            "digest failed");
@@ -257,20 +257,6 @@ static void backup_body_free(void *data)
     backup_job_release(data);
 }
 
-/* The request line and metrics of the answer (api_respond's, which needs
- * the api). */
-static void backup_log(struct backup_job *j, int status)
-{
-    uint64_t ms = uv_now(j->loop) - j->start_ms;
-
-    metrics_api_request("/admin/v1/backup", "GET", status,
-                        (double)ms / 1000.0);
-    LOGD("request",
-         " method=GET route=\"/admin/v1/backup\" status=%d duration_ms=%llu "
-         "request_id=\"\"",
-         status, (unsigned long long)ms);
-}
-
 /* Step the copy; on completion or failure answer and stop. */
 static void backup_timer_cb(uv_timer_t *t)
 {
@@ -291,7 +277,7 @@ static void backup_timer_cb(uv_timer_t *t)
     }
     if (rv != 0) {
         LOGW("backup failed", " err=\"%s\"", storage_strerror(rv));
-        backup_log(j, 500);
+        job_log(j->loop, j->start_ms, "/admin/v1/backup", 500);
         metrics_api_error("internal", 500);
         http_respond_error(j->req, 500, j->node_header, "internal",
                            "backup failed: the state changed under it");
@@ -305,7 +291,7 @@ static void backup_timer_cb(uv_timer_t *t)
         LOGI("backup taken", " index=%llu bytes=%zu duration_ms=%llu",
              (unsigned long long)index, len,
              (unsigned long long)(uv_now(j->loop) - j->start_ms));
-        backup_log(j, 200);
+        job_log(j->loop, j->start_ms, "/admin/v1/backup", 200);
         j->refs++; /* the body's */
         http_respond_owned(j->req, 200, extra, data, len, backup_body_free, j);
     }
