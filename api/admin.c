@@ -146,8 +146,13 @@ static void digest_done(uv_work_t *w, int status)
     struct digest_job *j = w->data;
     struct buf body = BUF_INIT;
 
+    if (status != 0) {
+        /* The work never ran (cancelled): end the child here. */
+        storage_image_discard(&j->img);
+        j->rv = STORAGE_EINTERNAL;
+    }
     storage_digest_release(j->storage);
-    if (status == 0 && j->rv == 0 && j->len == SHA256_LEN &&
+    if (j->rv == 0 && j->len == SHA256_LEN &&
         digest_body(&body, j->node_id, j->index, j->data) == 0) {
         job_log(j->loop, j->start_ms, "/admin/v1/digest", 200);
         http_respond(j->req, 200, j->node_header, body.base, body.len);
