@@ -1199,6 +1199,7 @@ static void closing_fails_pending_requests_once_and_refuses_new_ones(
                      CONSENSUS_ESHUTDOWN);
     buf_free(&enc);
     run_until(f, pred_closed);
+    retire(f, f->c);
     f->c = NULL;
 
     assert_int_equal(f->closed, 1);
