@@ -106,239 +106,186 @@ static int digest_body(struct buf *body, uint64_t node_id, uint64_t index,
                       (unsigned long long)index, hex);
 }
 
-/* GET /admin/v1/digest: this node's applied index and state hash.
+/* GET /admin/v1/digest and GET /admin/v1/backup are answered from the
+ * bytes of a forked child (storage_digest_fork, storage_backup_fork):
  *
- *   storage_digest_fork (on the loop: a fork) ──▶ digest_work (a libuv
- *   worker: read the child's 32 bytes, reap it) ──▶ digest_done (on the
- *   loop: answer)
+ *   fork (on the loop) ──▶ image_job_work (a libuv worker: read the
+ *   child's bytes, reap it) ──▶ image_job_done (on the loop: answer)
  *
- * Hashing the state takes seconds at a million properties, so a child
- * process does it on its copy-on-write view of the state at the fork; the
- * loop only pays the fork. Like the backup job, the job keeps the storage,
- * the loop and the request, never the api. One digest at a time per node
- * (the reading blocks one of libuv's worker threads, which libraft's disk
- * writes share): another request meanwhile gets 429 and retries. */
-struct digest_job
+ * The child works on its copy-on-write view of the state at the fork, so
+ * the answer is the state at the index the request found, and the loop
+ * pays only the fork: hashing or serializing takes seconds at a million
+ * properties. One job of each kind at a time per node (the read blocks one
+ * of libuv's four worker threads, which libraft's disk writes share);
+ * another request meanwhile gets 429 and retries. The job keeps the
+ * storage (closed only after the loop has ended, which the work keeps
+ * running), the loop and the request, never the api, which may be closed
+ * meanwhile. */
+struct image_job
 {
-    uv_work_t work;            /* reads the child's answer */
+    uv_work_t work;            /* reads the child's bytes */
     struct storage_image img;  /* the child, then done */
-    void *data;                /* its 32 bytes (malloc'd), or NULL */
+    void *data;                /* its bytes (malloc'd), or NULL */
     size_t len;                /* bytes at data */
     int rv;                    /* storage_image_read's result */
-    struct storage *storage;   /* released in digest_done */
+    struct storage *storage;   /* released in image_job_done */
+    void (*release)(struct storage *s);  /* frees the kind's slot */
+    void (*answer)(struct image_job *j); /* answers req; may take data */
     uint64_t node_id;          /* this node */
     uint64_t index;            /* applied index at the fork */
     uv_loop_t *loop;           /* the api's loop */
-    struct http_request *req;  /* answered in digest_done */
+    struct http_request *req;  /* answered in image_job_done */
     char node_header[64];      /* copy of the api's X-Context-Node line */
     uint64_t start_ms;         /* the request's start (uv_now) */
 };
 
-static void digest_work(uv_work_t *w)
+static void image_job_work(uv_work_t *w)
 {
-    struct digest_job *j = w->data;
+    struct image_job *j = w->data;
 
     j->rv = storage_image_read(&j->img, &j->data, &j->len);
 }
 
-static void digest_done(uv_work_t *w, int status)
+static void image_job_done(uv_work_t *w, int status)
 {
-    struct digest_job *j = w->data;
-    struct buf body = BUF_INIT;
+    struct image_job *j = w->data;
 
     if (status != 0) {
         /* The work never ran (cancelled): end the child here. */
         storage_image_discard(&j->img);
         j->rv = STORAGE_EINTERNAL;
     }
-    storage_digest_release(j->storage);
-    if (j->rv == 0 && j->len == SHA256_LEN &&
-        digest_body(&body, j->node_id, j->index, j->data) == 0) {
-        job_log(j->loop, j->start_ms, "/admin/v1/digest", 200);
-        http_respond(j->req, 200, j->node_header, body.base, body.len);
-    } else {
-        LOGW("digest failed", " err=\"%s\"", storage_strerror(j->rv));
-        job_log(j->loop, j->start_ms, "/admin/v1/digest", 500);
-        metrics_api_error("internal", 500);
-        http_respond_error(j->req, 500, j->node_header, "internal",
-                           "digest failed");
-    }
-    buf_free(&body);
+    j->release(j->storage);
+    j->answer(j);
     free(j->data);
     free(j);
 }
 
-int api_handle_digest(struct api *a, struct http_request *req)
+/* Fork the job's child and queue the read; 0, or an AE_* code. */
+static int image_job_start(struct api *a, struct http_request *req,
+                           int (*fork_fn)(struct storage *s,
+                                          struct storage_image *img),
+                           void (*release)(struct storage *s),
+                           void (*answer)(struct image_job *j),
+                           const char *busy_message)
 {
-    struct digest_job *j;
-    uint8_t digest[SHA256_LEN];
-    struct buf body = BUF_INIT;
+    struct image_job *j = calloc(1, sizeof *j);
     int rv;
 
-    if (a->cfg.loop == NULL) {
-        /* No loop to wait on (offline requests): hash here. */
-        if (storage_digest(a->cfg.storage, digest) != STORAGE_OK ||
-            digest_body(&body, a->cfg.node_id,
-                        storage_applied_index(a->cfg.storage), digest) != 0) {
-            buf_free(&body);
-            return AE_INTERNAL;
-        }
-        api_respond(a, req, 200, NULL, body.base, body.len);
-        buf_free(&body);
-        return 0;
-    }
-    j = calloc(1, sizeof *j);
     if (j == NULL) {
         return AE_INTERNAL;
     }
     j->index = storage_applied_index(a->cfg.storage);
-    rv = storage_digest_fork(a->cfg.storage, &j->img);
+    rv = fork_fn(a->cfg.storage, &j->img);
     if (rv != STORAGE_OK) {
         free(j);
         if (rv == STORAGE_EBUSY) {
-            api_respond_error(a, req, AE_OVERLOADED,
-                              "another digest is in progress, retry");
+            api_respond_error(a, req, AE_OVERLOADED, busy_message);
             return 0;
         }
         return AE_INTERNAL;
     }
     j->work.data = j;
     j->storage = a->cfg.storage;
+    j->release = release;
+    j->answer = answer;
     j->node_id = a->cfg.node_id;
     j->loop = a->cfg.loop;
     j->req = req;
     j->start_ms = req->start_ms;
     snprintf(j->node_header, sizeof j->node_header, "%s", a->node_header);
-    if (uv_queue_work(a->cfg.loop, &j->work, digest_work, digest_done) != 0) {
+    if (uv_queue_work(a->cfg.loop, &j->work, image_job_work,
+                      image_job_done) != 0) {
         storage_image_discard(&j->img);
-        storage_digest_release(a->cfg.storage);
+        release(a->cfg.storage);
         free(j);
         return AE_INTERNAL;
     }
+    return 0;
+}
+
+/* A job that failed: 500, logged with its route. */
+static void image_job_fail(struct image_job *j, const char *route,
+                           const char *what)
+{
+    LOGW("admin job failed", " route=\"%s\" err=\"%s\"", route,
+         storage_strerror(j->rv));
+    job_log(j->loop, j->start_ms, route, 500);
+    metrics_api_error("internal", 500);
+    http_respond_error(j->req, 500, j->node_header, "internal", what);
+}
+
+/* GET /admin/v1/digest: this node's applied index and state hash. */
+static void digest_answer(struct image_job *j)
+{
+    struct buf body = BUF_INIT;
+
+    if (j->rv == 0 && j->len == SHA256_LEN &&
+        digest_body(&body, j->node_id, j->index, j->data) == 0) {
+        job_log(j->loop, j->start_ms, "/admin/v1/digest", 200);
+        http_respond(j->req, 200, j->node_header, body.base, body.len);
+    } else {
+        image_job_fail(j, "/admin/v1/digest", "digest failed");
+    }
+    buf_free(&body);
+}
+
+int api_handle_digest(struct api *a, struct http_request *req)
+{
+    uint8_t digest[SHA256_LEN];
+    struct buf body = BUF_INIT;
+
+    if (a->cfg.loop != NULL) {
+        return image_job_start(a, req, storage_digest_fork,
+                               storage_digest_release, digest_answer,
+                               "another digest is in progress, retry");
+    }
+    /* No loop to wait on (offline requests): hash here. */
+    if (storage_digest(a->cfg.storage, digest) != STORAGE_OK ||
+        digest_body(&body, a->cfg.node_id,
+                    storage_applied_index(a->cfg.storage), digest) != 0) {
+        buf_free(&body);
+        return AE_INTERNAL;
+    }
+    api_respond(a, req, 200, NULL, body.base, body.len);
+    buf_free(&body);
     return 0;
 }
 
 /* GET /admin/v1/backup: the whole database as one SQLite file at one
- * applied index (named in X-Context-Index), without stopping the node.
- *
- *   start (storage_backup_start) ──▶ step: BACKUP_STEP_PAGES pages per
- *   loop turn (a timer of 0 ms), applies and requests run in between ──▶
- *   done: http_respond_owned streams the copy in chunks ──▶ body released:
- *   the copy is freed
- *
- * The job outlives nothing it does not own: it keeps the storage (closed
- * only after the loop has ended, which its timer prevents), the loop and
- * the request, never the api, which may be closed while the body is still
- * being written. It frees itself once its timer is closed and the body
- * released (refs). */
-#define BACKUP_STEP_PAGES 256 /* pages per loop turn: 1 MiB of 4 KiB pages */
-
-struct backup_job
+ * applied index (named in X-Context-Index), without stopping the node. The
+ * file is written to the client from the one buffer the worker read, in
+ * HTTP_BODY_CHUNK writes (http_respond_owned), and freed after. */
+static void backup_answer(struct image_job *j)
 {
-    uv_timer_t timer;           /* one step per expiry */
-    uv_loop_t *loop;            /* the api's loop */
-    struct storage_backup *bk;  /* owned: the copy in progress, then done */
-    struct http_request *req;   /* answered once (then NULL) */
-    char node_header[64];       /* copy of the api's X-Context-Node line */
-    uint64_t start_ms;          /* uv_now when the request completed */
-    unsigned refs;              /* timer open + body in use */
-};
-
-static void backup_job_release(struct backup_job *j)
-{
-    if (--j->refs == 0) {
-        storage_backup_free(j->bk);
-        free(j);
-    }
-}
-
-static void backup_timer_closed(uv_handle_t *h)
-{
-    backup_job_release(h->data);
-}
-
-static void backup_body_free(void *data)
-{
-    backup_job_release(data);
-}
-
-/* Step the copy; on completion or failure answer and stop. */
-static void backup_timer_cb(uv_timer_t *t)
-{
-    struct backup_job *j = t->data;
-    const void *data;
-    size_t len;
-    uint64_t index;
     char extra[256];
-    int done = 0;
-    int rv = storage_backup_step(j->bk, BACKUP_STEP_PAGES, &done);
 
-    if (rv == 0 && !done) {
-        uv_timer_start(&j->timer, backup_timer_cb, 0, 0);
+    if (j->rv != 0) {
+        image_job_fail(j, "/admin/v1/backup", "backup failed");
         return;
     }
-    if (rv == 0) {
-        rv = storage_backup_image(j->bk, &data, &len, &index);
-    }
-    if (rv != 0) {
-        LOGW("backup failed", " err=\"%s\"", storage_strerror(rv));
-        job_log(j->loop, j->start_ms, "/admin/v1/backup", 500);
-        metrics_api_error("internal", 500);
-        http_respond_error(j->req, 500, j->node_header, "internal",
-                           "backup failed: the state changed under it");
-    } else {
-        snprintf(extra, sizeof extra,
-                 "%sContent-Type: application/vnd.sqlite3\r\n"
-                 "Content-Disposition: attachment; "
-                 "filename=\"ctxd-backup.db\"\r\n"
-                 "X-Context-Index: %llu\r\n",
-                 j->node_header, (unsigned long long)index);
-        LOGI("backup taken", " index=%llu bytes=%zu duration_ms=%llu",
-             (unsigned long long)index, len,
-             (unsigned long long)(uv_now(j->loop) - j->start_ms));
-        job_log(j->loop, j->start_ms, "/admin/v1/backup", 200);
-        j->refs++; /* the body's */
-        http_respond_owned(j->req, 200, extra, data, len, backup_body_free, j);
-    }
-    j->req = NULL;
-    uv_close((uv_handle_t *)&j->timer, backup_timer_closed);
+    snprintf(extra, sizeof extra,
+             "%sContent-Type: application/vnd.sqlite3\r\n"
+             "Content-Disposition: attachment; "
+             "filename=\"ctxd-backup.db\"\r\n"
+             "X-Context-Index: %llu\r\n",
+             j->node_header, (unsigned long long)j->index);
+    LOGI("backup taken", " index=%llu bytes=%zu duration_ms=%llu",
+         (unsigned long long)j->index, j->len,
+         (unsigned long long)(uv_now(j->loop) - j->start_ms));
+    job_log(j->loop, j->start_ms, "/admin/v1/backup", 200);
+    http_respond_owned(j->req, 200, extra, j->data, j->len, free, j->data);
+    j->data = NULL; /* the body's now */
 }
 
 int api_handle_backup(struct api *a, struct http_request *req)
 {
-    struct backup_job *j;
-    int rv;
-
     if (a->cfg.loop == NULL) {
         return AE_INTERNAL;
     }
-    j = calloc(1, sizeof *j);
-    if (j == NULL) {
-        return AE_INTERNAL;
-    }
-    rv = storage_backup_start(a->cfg.storage, &j->bk);
-    if (rv != STORAGE_OK) {
-        free(j);
-        if (rv == STORAGE_EBUSY) {
-            api_respond_error(a, req, AE_OVERLOADED,
-                              "another backup is in progress, retry");
-            return 0;
-        }
-        return AE_INTERNAL;
-    }
-    if (uv_timer_init(a->cfg.loop, &j->timer) != 0) {
-        storage_backup_free(j->bk);
-        free(j);
-        return AE_INTERNAL;
-    }
-    j->timer.data = j;
-    j->loop = a->cfg.loop;
-    j->req = req;
-    j->start_ms = req->start_ms;
-    j->refs = 1; /* the timer's */
-    snprintf(j->node_header, sizeof j->node_header, "%s", a->node_header);
-    uv_timer_start(&j->timer, backup_timer_cb, 0, 0);
-    return 0;
+    return image_job_start(a, req, storage_backup_fork,
+                           storage_backup_release, backup_answer,
+                           "another backup is in progress, retry");
 }
 
 /* Resident set size from /proc/self/statm (pages), 0 when unknown. */

@@ -254,41 +254,14 @@ struct storage
     uint64_t purged;                /* properties removed by PURGE; = meta */
     uint64_t keys_generation;       /* bumped whenever an account key may
                                        have changed (SET_KEY, restore) */
-    struct storage_backup *backup;  /* the online backup in progress (not
-                                       owned), NULL when none */
+    int backup_busy;                /* a backup child is not yet released
+                                       (storage_backup_fork) */
     int digest_busy;                /* a digest child is not yet released
                                        (storage_digest_fork) */
     int64_t expiry_floor;           /* no property expires before this:
                                        a lower bound of every expires_ms
                                        (INT64_MAX: none expire), see
                                        op_write */
-};
-
-/* An online backup (storage_backup_start): SQLite's backup API copies the
- * pages of the live database into a private in-memory (memdb) database a
- * few at a time; when the last step is done the copy equals the source at
- * that moment, and index is the applied index then.
- *
- * Our source is a ":memory:" database, and SQLite restarts a backup from
- * an in-memory source at every commit made meanwhile (pager.c calls
- * sqlite3BackupRestart on each MEMDB commit): under steady writes the
- * stepped copy would never finish. So the first step that finds the copy
- * restarted (fewer pages done than before) falls back to one
- * sqlite3_serialize of the source, which is consistent by construction and
- * blocks for about 1 ms per MB (measured: 102 ms for 100 MB). Without
- * writes during the copy, no step blocks longer than its pages. */
-struct storage_backup
-{
-    struct storage *s;     /* source; NULL once detached (restore, close) */
-    sqlite3 *dst;          /* owned memdb database receiving the pages */
-    sqlite3_backup *bk;    /* owned; NULL once finished */
-    int done;              /* the copy is complete */
-    int failed;            /* enum storage_status of a failure, 0 if none */
-    uint64_t index;        /* applied index when the copy completed */
-    unsigned char *image;  /* the copy's file image: inside dst, or serial */
-    sqlite3_int64 size;    /* bytes of image */
-    unsigned char *serial; /* owned (sqlite3_free): the fallback's image */
-    int remaining;         /* pages left after the previous step, -1: none */
 };
 
 /* What one apply needs besides the storage. */
@@ -559,15 +532,11 @@ err_after_alloc:
     return rc;
 }
 
-static void backup_detach(struct storage_backup *b, int status);
 
 void storage_close(struct storage *s)
 {
     if (s == NULL) {
         return;
-    }
-    if (s->backup != NULL) {
-        backup_detach(s->backup, STORAGE_EINTERNAL);
     }
     stmts_finalize(s->st);
     sqlite3_close(s->db);
@@ -1897,23 +1866,41 @@ int storage_image_fork(struct storage *s, struct storage_image *img)
     return image_fork(s, IMAGE_SNAPSHOT, img);
 }
 
-int storage_digest_fork(struct storage *s, struct storage_image *img)
+/* image_fork for a caller that allows one at a time: *busy is set until
+ * the caller releases it. */
+static int image_fork_one(struct storage *s, enum image_kind kind, int *busy,
+                          struct storage_image *img)
 {
     int rc;
 
-    if (s->digest_busy) {
+    if (*busy) {
         memset(img, 0, sizeof *img);
         img->fd = -1;
         return STORAGE_EBUSY;
     }
-    rc = image_fork(s, IMAGE_DIGEST, img);
-    s->digest_busy = rc == 0;
+    rc = image_fork(s, kind, img);
+    *busy = rc == 0;
     return rc;
+}
+
+int storage_digest_fork(struct storage *s, struct storage_image *img)
+{
+    return image_fork_one(s, IMAGE_DIGEST, &s->digest_busy, img);
 }
 
 void storage_digest_release(struct storage *s)
 {
     s->digest_busy = 0;
+}
+
+int storage_backup_fork(struct storage *s, struct storage_image *img)
+{
+    return image_fork_one(s, IMAGE_SNAPSHOT, &s->backup_busy, img);
+}
+
+void storage_backup_release(struct storage *s)
+{
+    s->backup_busy = 0;
 }
 
 /* Close the pipe and reap the child; 0 when it exited with status 0. */
@@ -2006,139 +1993,6 @@ void storage_image_discard(struct storage_image *img)
     free(img->data);
     img->data = NULL;
     img->len = 0;
-}
-
-/* --- Online backup ---------------------------------------------------- */
-
-/* Stop copying; the backup reports status from now on. */
-static void backup_detach(struct storage_backup *b, int status)
-{
-    if (b->bk != NULL) {
-        (void)sqlite3_backup_finish(b->bk);
-        b->bk = NULL;
-    }
-    if (!b->done && b->failed == 0) {
-        b->failed = status;
-    }
-    if (b->s != NULL) {
-        b->s->backup = NULL;
-        b->s = NULL;
-    }
-}
-
-int storage_backup_start(struct storage *s, struct storage_backup **out)
-{
-    struct storage_backup *b;
-    int rc;
-
-    *out = NULL;
-    if (s->backup != NULL) {
-        return STORAGE_EBUSY;
-    }
-    b = calloc(1, sizeof *b);
-    if (b == NULL) {
-        return STORAGE_ENOMEM;
-    }
-    /* No leading '/' in the name: a memdb database private to dst. */
-    rc = sqlite3_open_v2("file:ctxd-backup?vfs=memdb", &b->dst,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                             SQLITE_OPEN_URI,
-                         NULL);
-    if (rc != SQLITE_OK) {
-        goto err_after_open;
-    }
-    b->bk = sqlite3_backup_init(b->dst, "main", s->db, "main");
-    if (b->bk == NULL) {
-        rc = sqlite3_errcode(b->dst);
-        goto err_after_open;
-    }
-    b->s = s;
-    b->remaining = -1;
-    s->backup = b;
-    *out = b;
-    return 0;
-
-err_after_open:
-    sqlite3_close(b->dst);
-    free(b);
-    return rc == SQLITE_NOMEM ? STORAGE_ENOMEM : STORAGE_EINTERNAL;
-}
-
-int storage_backup_step(struct storage_backup *b, int pages, int *done)
-{
-    int rc;
-
-    *done = 0;
-    if (b->failed != 0) {
-        return b->failed;
-    }
-    if (b->done) {
-        *done = 1;
-        return 0;
-    }
-    rc = sqlite3_backup_step(b->bk, pages > 0 ? pages : 1);
-    if (rc == SQLITE_OK &&
-        (b->remaining < 0 || sqlite3_backup_remaining(b->bk) < b->remaining)) {
-        b->remaining = sqlite3_backup_remaining(b->bk);
-        return 0; /* more to copy */
-    }
-    if (rc == SQLITE_OK) {
-        /* Restarted by a commit: take the whole image at once instead. */
-        b->index = b->s->applied_index;
-        b->serial = sqlite3_serialize(b->s->db, "main", &b->size, 0);
-        backup_detach(b, 0);
-        if (b->serial == NULL || b->size <= 0) {
-            b->failed = STORAGE_ENOMEM;
-            return b->failed;
-        }
-        b->image = b->serial;
-        b->done = 1;
-        *done = 1;
-        return 0;
-    }
-    if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
-        return 0; /* try again next time */
-    }
-    if (rc != SQLITE_DONE) {
-        backup_detach(b, rc == SQLITE_NOMEM ? STORAGE_ENOMEM
-                                            : STORAGE_EINTERNAL);
-        return b->failed;
-    }
-    /* Complete: the copy is the state at this applied index. */
-    b->index = b->s->applied_index;
-    backup_detach(b, 0);
-    b->image = sqlite3_serialize(b->dst, "main", &b->size,
-                                 SQLITE_SERIALIZE_NOCOPY);
-    if (b->image == NULL || b->size <= 0) {
-        b->failed = STORAGE_EINTERNAL;
-        return b->failed;
-    }
-    b->done = 1;
-    *done = 1;
-    return 0;
-}
-
-int storage_backup_image(const struct storage_backup *b, const void **data,
-                         size_t *len, uint64_t *index)
-{
-    if (!b->done) {
-        return b->failed != 0 ? b->failed : STORAGE_EBUSY;
-    }
-    *data = b->image;
-    *len = (size_t)b->size;
-    *index = b->index;
-    return 0;
-}
-
-void storage_backup_free(struct storage_backup *b)
-{
-    if (b == NULL) {
-        return;
-    }
-    backup_detach(b, STORAGE_EINTERNAL);
-    sqlite3_free(b->serial);
-    sqlite3_close(b->dst);
-    free(b);
 }
 
 /* 0 when PRAGMA integrity_check answers exactly one row "ok". */
@@ -2308,11 +2162,10 @@ int storage_restore(struct storage *s, const void *data, size_t len)
         goto err_after_prepare;
     }
 
-    /* Everything checked: swap the new database in. A backup of the old
-     * database cannot complete any more. */
-    if (s->backup != NULL) {
-        backup_detach(s->backup, STORAGE_EINTERNAL);
-    }
+    /* Everything checked: swap the new database in. A digest or backup
+     * child in flight keeps the state it forked with, and its slot. */
+    fresh.digest_busy = s->digest_busy;
+    fresh.backup_busy = s->backup_busy;
     fresh.keys_generation = s->keys_generation + 1;
     expiry_floor_refresh(&fresh);
     stmts_finalize(s->st);

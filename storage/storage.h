@@ -205,31 +205,14 @@ void storage_digest_release(struct storage *s);
  * kept and ECORRUPT returned. Does not take ownership of data. */
 int storage_restore(struct storage *s, const void *data, size_t len);
 
-/* Online backup: a consistent copy of the database taken a few pages at a
- * time, so the caller can copy between other work (applies, queries). The
- * copy is the state at the applied index current when the last step
- * completes. A step that finds the copy restarted by an apply made since
- * the previous one takes the whole image in one go instead (about 1 ms per
- * MB of database) and completes.
- *
- *   storage_backup_start ──▶ storage_backup_step ... (*done = 1)
- *     ──▶ storage_backup_image ──▶ storage_backup_free
- *
- * One backup at a time per storage (EBUSY otherwise). storage_restore and
- * storage_close end a backup in progress: its next step fails with
- * EINTERNAL. The image stays valid until storage_backup_free, also after
- * the storage is closed. */
-struct storage_backup; /* opaque */
-int storage_backup_start(struct storage *s, struct storage_backup **out);
-/* Copy up to `pages` more pages (SQLite pages, 4 KiB by default). Returns
- * 0 (with *done = 1 once complete) or an error (the backup failed). */
-int storage_backup_step(struct storage_backup *b, int pages, int *done);
-/* The SQLite file image of a complete backup and its applied index; the
- * bytes belong to the backup. EBUSY before completion. */
-int storage_backup_image(const struct storage_backup *b, const void **data,
-                         size_t *len, uint64_t *index);
-/* Free the backup (ends it if in progress). NULL is allowed. */
-void storage_backup_free(struct storage_backup *b);
+/* Online backup: the same forked image as a snapshot (storage_image_fork),
+ * read with storage_image_read() on any thread; the image is the state at
+ * storage_applied_index() when the fork was made, whatever the caller
+ * applies or restores afterwards. One backup at a time: EBUSY until the
+ * caller, on its own thread, calls storage_backup_release() after reading
+ * or discarding the previous one. */
+int storage_backup_fork(struct storage *s, struct storage_image *img);
+void storage_backup_release(struct storage *s);
 
 /* SHA-256 over the logical content (every row of every table in key
  * order), independent of page layout. */

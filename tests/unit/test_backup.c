@@ -1,8 +1,7 @@
 /* Unit tests for the online backup of storage/storage.c
- * (storage_backup_*): a backup taken in small steps while entries are
- * applied between the steps equals the state at the index current when it
- * completes (same digest once restored), one backup at a time, and a
- * restore of the source ends a backup in progress. */
+ * (storage_backup_fork): the image is the state at the fork (same digest
+ * once restored) whatever is applied or restored afterwards, one backup at
+ * a time until released, and a closed source leaves the image whole. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -81,149 +80,96 @@ static void digest_of_image(const void *data, size_t len, uint8_t d[32])
     storage_close(r);
 }
 
-/******************************************************************************
- * storage_backup_step
- *****************************************************************************/
+/* Read a forked backup's image; the caller frees *data. */
+static void read_backup(struct storage_image *img, void **data, size_t *len)
+{
+    assert_int_equal(storage_image_read(img, data, len), 0);
+    assert_non_null(*data);
+    assert_int_equal(img->pid, 0);
+    assert_int_equal(img->fd, -1);
+}
 
-static void a_backup_with_applies_between_steps_equals_the_state_at_the_end(
+static void a_backup_is_the_state_at_the_fork_whatever_comes_after(
     void **state)
 {
     struct storage *s;
-    struct storage_backup *b;
-    const void *data;
-    size_t len;
-    uint64_t index;
-    uint64_t next;
+    struct storage_image img;
     uint8_t want[32];
     uint8_t got[32];
-    int done = 0;
-    int steps = 0;
+    void *data;
+    size_t len;
+    void *other;
+    size_t other_len;
+    uint64_t last;
 
     (void)state;
     assert_int_equal(storage_open(&s), 0);
-    next = fill(s) + 1;
-    assert_int_equal(storage_backup_start(s, &b), 0);
-    assert_int_equal(storage_backup_image(b, &data, &len, &index),
-                     STORAGE_EBUSY);
-    while (!done) {
-        assert_int_equal(storage_backup_step(b, 8, &done), 0);
-        if (!done) {
-            char sid[32];
-
-            /* Applies between the steps: new rows and changed ones. */
-            snprintf(sid, sizeof sid, "s%d", steps % 50 + 1);
-            put(s, next++, sid, "q", "1");
-        }
-        steps++;
-    }
-    assert_true(steps >= 2);
-    assert_int_equal(storage_backup_image(b, &data, &len, &index), 0);
-    assert_int_equal(index, storage_applied_index(s));
+    last = fill(s);
     assert_int_equal(storage_digest(s, want), 0);
+    assert_int_equal(storage_backup_fork(s, &img), 0);
+    /* Applies, and a restore of another state, after the fork. */
+    put(s, last + 1, "late", "p", "1");
+    assert_int_equal(storage_snapshot(s, &other, &other_len), 0);
+    assert_int_equal(storage_restore(s, other, other_len), 0);
+    put(s, last + 2, "later", "p", "2");
+    read_backup(&img, &data, &len);
+    storage_backup_release(s);
     digest_of_image(data, len, got);
     assert_memory_equal(got, want, sizeof want);
-    /* The image outlives the source. */
-    storage_close(s);
-    digest_of_image(data, len, got);
-    assert_memory_equal(got, want, sizeof want);
-    storage_backup_free(b);
-}
-
-static void a_backup_without_writes_completes_in_small_steps(void **state)
-{
-    struct storage *s;
-    struct storage_backup *b;
-    const void *data;
-    size_t len;
-    uint64_t index;
-    uint8_t want[32];
-    uint8_t got[32];
-    int done = 0;
-    int steps = 0;
-
-    (void)state;
-    assert_int_equal(storage_open(&s), 0);
-    fill(s);
-    assert_int_equal(storage_backup_start(s, &b), 0);
-    while (!done) {
-        assert_int_equal(storage_backup_step(b, 8, &done), 0);
-        steps++;
-    }
-    assert_true(steps > 20); /* 400 rows of 1 KB: well over 160 pages */
-    assert_int_equal(storage_backup_image(b, &data, &len, &index), 0);
-    assert_int_equal(index, 400);
-    assert_int_equal(storage_digest(s, want), 0);
-    digest_of_image(data, len, got);
-    assert_memory_equal(got, want, sizeof want);
-    storage_backup_free(b);
+    free(data);
+    free(other);
     storage_close(s);
 }
 
 static void only_one_backup_runs_at_a_time(void **state)
 {
     struct storage *s;
-    struct storage_backup *b;
-    struct storage_backup *b2;
-    int done = 0;
+    struct storage_image img;
+    struct storage_image img2;
+    void *data;
+    size_t len;
 
     (void)state;
     assert_int_equal(storage_open(&s), 0);
     put(s, 1, "s", "p", "1");
-    assert_int_equal(storage_backup_start(s, &b), 0);
-    assert_int_equal(storage_backup_start(s, &b2), STORAGE_EBUSY);
-    assert_null(b2);
-    while (!done) {
-        assert_int_equal(storage_backup_step(b, 100, &done), 0);
-    }
-    storage_backup_free(b);
-    assert_int_equal(storage_backup_start(s, &b2), 0);
-    storage_backup_free(b2);
+    assert_int_equal(storage_backup_fork(s, &img), 0);
+    assert_int_equal(storage_backup_fork(s, &img2), STORAGE_EBUSY);
+    assert_int_equal(img2.pid, 0);
+    assert_int_equal(img2.fd, -1);
+    /* A digest has a slot of its own. */
+    assert_int_equal(storage_digest_fork(s, &img2), 0);
+    storage_image_discard(&img2);
+    storage_digest_release(s);
+    read_backup(&img, &data, &len);
+    free(data);
+    /* Still busy until released, even when read. */
+    assert_int_equal(storage_backup_fork(s, &img2), STORAGE_EBUSY);
+    storage_backup_release(s);
+    assert_int_equal(storage_backup_fork(s, &img2), 0);
+    storage_image_discard(&img2);
+    storage_backup_release(s);
     storage_close(s);
 }
 
-static void a_restore_of_the_source_ends_a_backup_in_progress(void **state)
+static void a_closed_source_leaves_the_backup_whole(void **state)
 {
     struct storage *s;
-    struct storage_backup *b;
-    void *image;
+    struct storage_image img;
+    uint8_t want[32];
+    uint8_t got[32];
+    void *data;
     size_t len;
-    int done = 0;
 
     (void)state;
     assert_int_equal(storage_open(&s), 0);
     fill(s);
-    assert_int_equal(storage_snapshot(s, &image, &len), 0);
-    assert_int_equal(storage_backup_start(s, &b), 0);
-    assert_int_equal(storage_backup_step(b, 4, &done), 0);
-    assert_int_equal(done, 0);
-    assert_int_equal(storage_restore(s, image, len), 0);
-    assert_int_equal(storage_backup_step(b, 4, &done), STORAGE_EINTERNAL);
-    assert_int_equal(done, 0);
-    storage_backup_free(b);
-    /* A new backup of the restored state works. */
-    assert_int_equal(storage_backup_start(s, &b), 0);
-    while (!done) {
-        assert_int_equal(storage_backup_step(b, 1000, &done), 0);
-    }
-    storage_backup_free(b);
-    free(image);
+    assert_int_equal(storage_digest(s, want), 0);
+    assert_int_equal(storage_backup_fork(s, &img), 0);
     storage_close(s);
-}
-
-static void closing_the_source_ends_a_backup_in_progress(void **state)
-{
-    struct storage *s;
-    struct storage_backup *b;
-    int done = 0;
-
-    (void)state;
-    assert_int_equal(storage_open(&s), 0);
-    fill(s);
-    assert_int_equal(storage_backup_start(s, &b), 0);
-    assert_int_equal(storage_backup_step(b, 2, &done), 0);
-    storage_close(s);
-    assert_int_equal(storage_backup_step(b, 2, &done), STORAGE_EINTERNAL);
-    storage_backup_free(b);
+    read_backup(&img, &data, &len);
+    digest_of_image(data, len, got);
+    assert_memory_equal(got, want, sizeof want);
+    free(data);
 }
 
 static void the_database_size_counts_its_pages(void **state)
@@ -245,11 +191,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
-            a_backup_with_applies_between_steps_equals_the_state_at_the_end),
-        cmocka_unit_test(a_backup_without_writes_completes_in_small_steps),
+            a_backup_is_the_state_at_the_fork_whatever_comes_after),
         cmocka_unit_test(only_one_backup_runs_at_a_time),
-        cmocka_unit_test(a_restore_of_the_source_ends_a_backup_in_progress),
-        cmocka_unit_test(closing_the_source_ends_a_backup_in_progress),
+        cmocka_unit_test(a_closed_source_leaves_the_backup_whole),
         cmocka_unit_test(the_database_size_counts_its_pages),
     };
 
