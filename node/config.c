@@ -39,6 +39,10 @@ static const struct opt opts[] = {
         "initial members 1=RAFT@HTTP,2=RAFT@HTTP,... (default: this node alone)"),
     STR(join, "join", "CTXD_JOIN", NULL,
         "HTTP address of a member to ask for admission (new node, empty data dir)"),
+    STR(restore, "restore", "CTXD_RESTORE", NULL,
+        "backup file (GET /admin/v1/backup) to start a new cluster from: first "
+        "start of its first node, empty data dir, no --join; see "
+        "docs/operations.md"),
     STR(cluster_secret_file, "cluster-secret-file", "CTXD_CLUSTER_SECRET_FILE",
         NULL,
         "file holding the secret of internal calls between nodes "

@@ -25,6 +25,7 @@ struct config
     char *region;                 /* --region */
     char *cluster;                /* --cluster spec, NULL: this node alone */
     char *join;                   /* --join HTTP address of a member, NULL: none */
+    char *restore;                /* --restore backup file, NULL: none */
     char *admin_token_file;       /* --admin-token-file, NULL: generated */
     char *cluster_secret_file;    /* --cluster-secret-file, NULL: none */
     char *log_level;              /* --log-level */

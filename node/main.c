@@ -59,8 +59,7 @@ struct node
     uv_timer_t guard;            /* shutdown deadline */
     int stopping;                /* a signal was received */
     struct consensus_member members[CONFIG_MAX_MEMBERS]; /* for consensus */
-    const char *restore_path;    /* --restore FILE (points into argv), or
-                                    NULL */
+    const char *restore_path;    /* --restore FILE (cfg.restore), or NULL */
     uv_prepare_t turn_watch;     /* measures each loop turn, see below */
     int turn_watch_on;           /* turn_watch is initialized */
     uint64_t turn_start_ns;      /* uv_hrtime at the previous prepare */
@@ -98,35 +97,6 @@ static void turn_watch_start(struct node *n)
     n->turn_watch_on = 1;
     (void)uv_prepare_start(&n->turn_watch, turn_watch_cb);
     uv_unref((uv_handle_t *)&n->turn_watch); /* never keeps the loop alive */
-}
-
-/* Take --restore FILE / --restore=FILE (else CTXD_RESTORE) out of argv, so
- * that config_parse sees only its own flags. Returns 0, or -1 when the flag
- * has no value. */
-static int take_restore_flag(struct node *n, int *argc, char **argv)
-{
-    const char *env = getenv("CTXD_RESTORE");
-    int i;
-    int out = 1;
-
-    if (env != NULL && env[0] != '\0') {
-        n->restore_path = env;
-    }
-    for (i = 1; i < *argc; i++) {
-        if (strcmp(argv[i], "--restore") == 0) {
-            if (i + 1 >= *argc) {
-                return -1;
-            }
-            n->restore_path = argv[++i];
-        } else if (strncmp(argv[i], "--restore=", 10) == 0) {
-            n->restore_path = argv[i] + 10;
-        } else {
-            argv[out++] = argv[i];
-        }
-    }
-    argv[out] = NULL;
-    *argc = out;
-    return n->restore_path != NULL && n->restore_path[0] == '\0' ? -1 : 0;
 }
 
 /* 1 when dir has any entry (Raft state), 0 when empty or absent. */
@@ -616,22 +586,19 @@ int main(int argc, char **argv)
     int rv;
 
     signal(SIGPIPE, SIG_IGN);
-    if (take_restore_flag(n, &argc, argv) != 0) {
-        fprintf(stderr, "ctxd: --restore needs a file\n");
-        return 2;
-    }
     rv = config_parse(&n->cfg, argc, argv, errmsg, sizeof errmsg);
     if (rv != 0) {
         if (rv < 0) {
             fprintf(stderr, "ctxd: %s\n", errmsg);
-        } else {
-            printf("\n  --restore FILE\n      start a new cluster from a "
-                   "backup (GET /admin/v1/backup): first start of its first "
-                   "node,\n      empty data dir, no --join; see "
-                   "docs/operations.md\n      env CTXD_RESTORE\n");
         }
         config_free(&n->cfg);
         return rv > 0 ? 0 : 2;
+    }
+    n->restore_path = n->cfg.restore;
+    if (n->restore_path != NULL && n->restore_path[0] == '\0') {
+        fprintf(stderr, "ctxd: --restore (CTXD_RESTORE) needs a file\n");
+        config_free(&n->cfg);
+        return 2;
     }
     if (log_level_parse(n->cfg.log_level, &level) != 0) {
         fprintf(stderr, "ctxd: --log-level must be debug, info, warn or error\n");

@@ -21,7 +21,8 @@ from harness import NodeTestCase
 FLAGS = ("--id", "--data-dir", "--http-addr", "--raft-addr", "--region",
          "--admin-token-file", "--log-level", "--max-body-bytes", "--max-header-bytes",
          "--max-connections", "--request-timeout-ms", "--idle-timeout-ms",
-         "--snapshot-threshold", "--snapshot-trailing", "--purge-interval-ms", "--help")
+         "--snapshot-threshold", "--snapshot-trailing", "--purge-interval-ms", "--restore",
+         "--help")
 
 
 
@@ -87,7 +88,8 @@ class NodeProcess(NodeTestCase):
 
     def test_unknown_flag_or_bad_value_is_refused(self):
         for argv in (["--no-such-flag"], ["--id", "abc"], ["--log-level", "loud"],
-                     ["--http-addr", "nowhere"], ["--max-body-bytes", "-5"]):
+                     ["--http-addr", "nowhere"], ["--max-body-bytes", "-5"],
+                     ["--restore", ""], ["--restore"]):
             p = subprocess.run([harness.ctxd_path()] + argv, capture_output=True, timeout=10,
                                stdin=subprocess.DEVNULL, cwd=self.new_node().tmp)
             self.assertNotEqual(p.returncode, 0, "accepted %r" % argv)
