@@ -1659,17 +1659,17 @@ int storage_counts(struct storage *s, struct storage_counts *c)
     return rc;
 }
 
-/* One integer from a PRAGMA that answers one row; 0 on any failure. */
-static uint64_t pragma_u64(sqlite3 *db, const char *sql)
+/* One integer from a query that answers one row, or -1. */
+static int64_t query_i64(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *st;
-    uint64_t v = 0;
+    int64_t v = -1;
 
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-        return 0;
+        return -1;
     }
     if (sqlite3_step(st) == SQLITE_ROW) {
-        v = col_u64(st, 0);
+        v = sqlite3_column_int64(st, 0);
     }
     sqlite3_finalize(st);
     return v;
@@ -1677,8 +1677,10 @@ static uint64_t pragma_u64(sqlite3 *db, const char *sql)
 
 uint64_t storage_db_bytes(struct storage *s)
 {
-    return pragma_u64(s->db, "PRAGMA page_count") *
-           pragma_u64(s->db, "PRAGMA page_size");
+    int64_t pages = query_i64(s->db, "PRAGMA page_count");
+    int64_t size = query_i64(s->db, "PRAGMA page_size");
+
+    return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
 }
 
 /* --- Snapshots ------------------------------------------------------- */
@@ -2043,22 +2045,6 @@ static int check_schema(sqlite3 *db)
         }
     }
     return 0;
-}
-
-/* One integer from a query that answers one row, or -1. */
-static int64_t query_i64(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st;
-    int64_t v = -1;
-
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-        return -1;
-    }
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        v = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    return v;
 }
 
 /* Bring an image from before sessions had an integer key (its properties
