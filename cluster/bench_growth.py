@@ -107,17 +107,8 @@ TURN_RE = re.compile(r'^ctxd_event_loop_turn_seconds_bucket\{le="([^"]+)"\} (\S+
 
 def loop_turns(port):
     """The node's event loop turn histogram: {upper bound: cumulative count}."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", "/metrics")
-        r = c.getresponse()
-        text = r.read().decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException):
-        return {}
-    finally:
-        c.close()
     out = {}
-    for line in text.splitlines():
+    for line in bl.metrics_text(port).splitlines():
         m = TURN_RE.match(line)
         if m:
             out[float(m.group(1))] = float(m.group(2))

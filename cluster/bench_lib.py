@@ -140,6 +140,21 @@ def stop_proc(proc, grace=20.0):
         proc.wait(10)
 
 
+def metrics_text(port, timeout=10.0):
+    """A node's GET /metrics (no key needed), or "" when it does not answer
+    200."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        body = r.read()
+        return body.decode("utf-8", "replace") if r.status == 200 else ""
+    except (OSError, http.client.HTTPException):
+        return ""
+    finally:
+        c.close()
+
+
 class Ctxd:
     """N ctxd nodes started here (each in its own session), ids 1..N."""
 
@@ -243,13 +258,7 @@ class Ctxd:
     def applied_index(self, port):
         """The node's applied index from /metrics (cheap at any data size,
         unlike the digest, which hashes every row), or None."""
-        try:
-            st, body = self.admin(port, "GET", "/metrics", timeout=2.0)
-        except (OSError, http.client.HTTPException):
-            return None
-        if st != 200:
-            return None
-        for line in body.decode(errors="replace").splitlines():
+        for line in metrics_text(port).splitlines():
             if line.startswith("ctxd_raft_applied_index "):
                 return int(float(line.split()[1]))
         return None
