@@ -220,7 +220,9 @@ struct consensus_info
     uint64_t barrier_reads;  /* reads served by those barriers */
     uint64_t entries;        /* entries proposed (raft_apply calls) */
     uint64_t commands;       /* commands in those entries */
-    unsigned inflight;       /* entries given to raft and not yet applied */
+    unsigned inflight;       /* entries given to raft whose callback has
+                                not run: at most one not yet committed,
+                                and between loop turns at most one */
 };
 
 void consensus_info(struct consensus *c, struct consensus_info *info);

@@ -99,14 +99,20 @@ static int consensus_fsm_apply(struct raft_fsm *fsm,
 {
     struct consensus_fsm *f = fsm->data;
     uint64_t index = raft_last_applied(f->raft) + 1;
+    /* A copy: buf points into libraft's log, which a raft_apply made by
+     * the committed hook may reallocate (the bytes themselves stay). */
+    struct raft_buffer entry = *buf;
     struct storage_result *results = NULL;
     uint32_t n = 0;
     int rv;
 
     *result = NULL;
+    if (f->committed != NULL) {
+        f->committed(f->committed_arg, index);
+    }
     consensus_fsm_drop_results(f);
-    rv = storage_apply(f->storage, index, buf->base,
-                       consensus_entry_unpad(buf->base, buf->len), &results,
+    rv = storage_apply(f->storage, index, entry.base,
+                       consensus_entry_unpad(entry.base, entry.len), &results,
                        &n);
     switch (rv) {
         case STORAGE_OK:
@@ -117,7 +123,7 @@ static int consensus_fsm_apply(struct raft_fsm *fsm,
         case STORAGE_ECORRUPT:
             /* Deterministic on every replica: nothing changed anywhere. */
             LOGE("bad raft entry skipped", " index=%llu bytes=%zu",
-                 (unsigned long long)index, buf->len);
+                 (unsigned long long)index, entry.len);
             f->results_index = index;
             return 0;
         case STORAGE_ENOMEM:

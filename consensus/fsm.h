@@ -50,6 +50,11 @@ struct consensus_fsm
     uint64_t image_fork_ns;          /* time snapshot() held the loop */
     int image_status;                /* set by snapshot_async: 0 or RAFT_* */
     uint64_t snapshots_installed;    /* successful fsm->restore calls */
+    void (*committed)(void *arg, uint64_t index); /* optional: called with
+                                        the index of each entry about to be
+                                        applied (it is committed), before
+                                        storage sees it; may call raft_apply */
+    void *committed_arg;             /* its argument */
 };
 
 /* Fill f for storage; set f->raft before raft_start. With

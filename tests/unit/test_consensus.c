@@ -455,6 +455,69 @@ static void proposals_arriving_while_an_entry_commits_share_the_next_one(
     assert_int_equal(after.pending, 0);
 }
 
+/* What consensus reported when the first of two chained proposals was
+ * answered (its callback runs right after the leader applies its entry). */
+struct early
+{
+    struct fixture *f;
+    struct consensus_info seen;
+};
+
+static void early_cb(struct consensus_propose *req, int status,
+                     const struct storage_result *result)
+{
+    struct early *e = req->data;
+
+    consensus_info(e->f->c, &e->seen);
+    req->data = e->f;
+    prop_cb(req, status, result);
+}
+
+static void the_next_entry_goes_out_when_the_previous_one_commits(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info mid;
+    struct buf enc = BUF_INIT;
+    struct early e;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &before);
+
+    /* Slot 1's entry goes to raft at this turn's check ... */
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "a", "1", -1, 0);
+    memset(&e, 0, sizeof e);
+    e.f = f;
+    f->props[1].data = &e;
+    f->props[1].cb = early_cb;
+    assert_int_equal(consensus_propose(f->c, &f->props[1], enc.base,
+                                       enc.len),
+                     CONSENSUS_OK);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    consensus_info(f->c, &mid);
+    assert_int_equal(mid.entries, before.entries + 1);
+    assert_int_equal(mid.inflight, 1);
+
+    /* ... and slot 2, queued behind it, is submitted once that entry is
+     * committed, before the leader applies it and answers slot 1. */
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "b", "2", -1, 0);
+    assert_int_equal(propose(f, 2, &enc), CONSENSUS_OK);
+    buf_free(&enc);
+    run_until(f, pred_all_done);
+
+    /* Slot 1's batch had left the in-flight list; slot 2's was in it. */
+    assert_int_equal(e.seen.entries, before.entries + 2);
+    assert_int_equal(e.seen.inflight, 1);
+    assert_int_equal(f->prop_status[1], CONSENSUS_OK);
+    assert_int_equal(f->prop_status[2], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[1].status, STORAGE_OK);
+    assert_int_equal(f->prop_result[2].status, STORAGE_OK);
+    assert_int_equal(f->prop_result[2].index, f->prop_result[1].index + 1);
+}
+
 /* Counts callbacks of the many-proposal test; data points at a counter. */
 static void count_cb(struct consensus_propose *req, int status,
                      const struct storage_result *result)
@@ -1279,6 +1342,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             proposals_arriving_while_an_entry_commits_share_the_next_one,
             setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            the_next_entry_goes_out_when_the_previous_one_commits, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(
             a_malformed_command_fails_alone_while_its_entry_applies, setup,
             teardown),

@@ -305,6 +305,121 @@ static void each_command_result_reaches_the_proposer_on_the_leader(
     assert_int_equal(p.results[3].index, p.req.index);
 }
 
+/* What the committed hook of one replica saw; on the leader it may also
+ * propose one more entry from inside the hook, as consensus.c does. */
+struct hook_log
+{
+    struct fixture *f;
+    unsigned node;                /* replica whose FSM calls the hook */
+    unsigned calls;               /* hook calls */
+    uint64_t index[8];            /* index of each call */
+    uint64_t applied_before[8];   /* storage's applied index at that call */
+    struct proposal *next;        /* to submit from the first call, or NULL */
+};
+
+static void hook_cb(void *arg, uint64_t index)
+{
+    struct hook_log *h = arg;
+    struct node *n = &h->f->nodes[h->node];
+
+    if (h->calls < 8) {
+        h->index[h->calls] = index;
+        h->applied_before[h->calls] = storage_applied_index(n->storage);
+    }
+    h->calls++;
+    if (h->next != NULL) {
+        struct proposal *q = h->next;
+
+        h->next = NULL;
+        put(h->f, h->node, q, "ns1", "y", "2"); /* asserts raft_apply's 0 */
+    }
+}
+
+static void the_committed_hook_sees_each_entry_before_it_is_applied(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct hook_log h[N_NODES];
+    struct proposal p;
+    unsigned leader = elect(f);
+    unsigned i;
+
+    for (i = 0; i < N_NODES; i++) {
+        memset(&h[i], 0, sizeof h[i]);
+        h[i].f = f;
+        h[i].node = i;
+        f->nodes[i].fsm.committed = hook_cb;
+        f->nodes[i].fsm.committed_arg = &h[i];
+    }
+    put(f, leader, &p, "ns1", "x", "1");
+    assert_converged(f, last_index(f, leader));
+    assert_int_equal(p.status, 0);
+    for (i = 0; i < N_NODES; i++) {
+        /* The one command entry, once, while storage was still short of
+         * it (the entries before it are libraft's own, which storage never
+         * sees); it is applied now. */
+        assert_int_equal(h[i].calls, 1);
+        assert_int_equal(h[i].index[0], p.req.index);
+        assert_true(h[i].applied_before[0] < p.req.index);
+        assert_int_equal(storage_applied_index(f->nodes[i].storage),
+                         p.req.index);
+    }
+}
+
+/* consensus.c submits its next entry from inside the hook, that is from
+ * within libraft's apply loop; the entry being applied must come through
+ * whole (the FSM copies its buffer before the hook can grow the log). */
+static void an_entry_proposed_from_the_committed_hook_commits_everywhere(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct hook_log h;
+    struct proposal p;
+    struct proposal q;
+    unsigned leader = elect(f);
+    unsigned i;
+
+    memset(&h, 0, sizeof h);
+    h.f = f;
+    h.node = leader;
+    h.next = &q;
+    f->nodes[leader].fsm.committed = hook_cb;
+    f->nodes[leader].fsm.committed_arg = &h;
+    put(f, leader, &p, "ns1", "x", "1");
+    assert_true(raft_fixture_step_until_applied(&f->rf, N_NODES, p.req.index,
+                                                STEP_MS));
+    assert_null(h.next);
+    assert_true(q.req.index > p.req.index);
+    assert_converged(f, q.req.index);
+    assert_int_equal(p.calls, 1);
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.results[1].status, STORAGE_OK);
+    assert_int_equal(q.calls, 1);
+    assert_int_equal(q.status, 0);
+    assert_int_equal(q.results[1].status, STORAGE_OK);
+    assert_int_equal(q.results[1].index, q.req.index);
+    for (i = 0; i < N_NODES; i++) {
+        struct buf out = BUF_INIT;
+        struct cmd where;
+
+        memset(&where, 0, sizeof where);
+        where.acc.base = "acc";
+        where.acc.len = 3;
+        where.ns.base = "ns1";
+        where.ns.len = 3;
+        where.sid.base = "s1";
+        where.sid.len = 2;
+        where.name.base = "y";
+        where.name.len = 1;
+        assert_int_equal(storage_prop_get(f->nodes[i].storage, &where,
+                                          ENTRY_TIME_MS, &out),
+                         STORAGE_OK);
+        assert_int_equal(out.len, 1);
+        assert_memory_equal(out.base, "2", 1);
+        buf_free(&out);
+    }
+}
+
 static void a_corrupt_entry_is_skipped_alike_on_every_replica(void **state)
 {
     struct fixture *f = *state;
@@ -494,6 +609,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             a_revived_follower_catches_up_through_a_snapshot, setup_snapshots,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            the_committed_hook_sees_each_entry_before_it_is_applied, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            an_entry_proposed_from_the_committed_hook_commits_everywhere,
+            setup, teardown),
         cmocka_unit_test(padding_is_stripped_only_when_it_is_short_and_zero),
     };
 
