@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "../lib/crypto.h"
+#include "sqlmem.h"
 
 /* Schema: see storage.h. A session row has an integer key, sk, and its
  * properties are keyed by (sk, name): a write looks the composite key
@@ -418,11 +419,12 @@ static int db_configure(sqlite3 *db)
     return exec_sql(db, "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;");
 }
 
-/* ctxd touches SQLite from one thread only: no mutexes, and no global
- * memory statistics (a mutex-protected counter on every malloc). This must
- * run before SQLite initializes; once it has, sqlite3_config refuses with
- * SQLITE_MISUSE and the defaults (serialized) stay, which is slower but
- * correct, so the result is deliberately not checked. */
+/* ctxd touches SQLite from one thread only: no mutexes, no global memory
+ * statistics (a mutex-protected counter on every malloc), and a heap of
+ * free lists without locks (sqlmem.h). This must run before SQLite
+ * initializes; once it has, sqlite3_config refuses with SQLITE_MISUSE and
+ * the defaults (serialized, malloc) stay, which is slower but correct, so
+ * the results are deliberately not checked. */
 static void db_global_config(void)
 {
     static int done;
@@ -431,6 +433,7 @@ static void db_global_config(void)
         done = 1;
         (void)sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
         (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        (void)sqlmem_install();
     }
 }
 
