@@ -93,7 +93,7 @@
  *
  * Invariants:
  *   - pending == proposals in queued batches + proposals in in-flight batches.
- *   - uncommitted == in-flight batches not marked committed, at most 1.
+ *   - at most one in-flight batch is not marked committed.
  *   - change is the one membership request not yet completed, or NULL.
  *   - a proposal's or read's callback fires exactly once, after which the
  *     object no longer references it.
@@ -168,9 +168,8 @@ struct consensus
     struct consensus_batch *queued;      /* batches not yet submitted */
     struct consensus_batch *queued_tail; /* the open batch, or NULL */
     struct consensus_batch *inflight;    /* batches given to raft_apply
-                                            whose callback has not run */
-    unsigned uncommitted;                /* those not yet committed: at
-                                            most one, see
+                                            whose callback has not run; at
+                                            most one not yet committed, see
                                             consensus_flush_batches */
     unsigned pending;                    /* proposals queued or in flight */
 
@@ -303,9 +302,6 @@ static void consensus_inflight_remove(struct consensus *c,
     }
     if (*pp == b) {
         *pp = b->next;
-        if (!b->committed) {
-            c->uncommitted--;
-        }
     }
     b->next = NULL;
 }
@@ -349,7 +345,6 @@ static void consensus_batch_submit(struct consensus *c,
     b->committed = 0;
     b->next = c->inflight;
     c->inflight = b;
-    c->uncommitted++;
     rv = raft_apply(&c->raft, &b->req, &rb, 1, consensus_apply_cb);
     if (rv != 0) {
         raft_free(rb.base);
@@ -359,6 +354,18 @@ static void consensus_batch_submit(struct consensus *c,
     }
     c->entries++;
     c->commands += b->count;
+}
+
+/* In-flight batches whose entry is not known to be committed yet. */
+static unsigned consensus_uncommitted(const struct consensus *c)
+{
+    const struct consensus_batch *b;
+    unsigned n = 0;
+
+    for (b = c->inflight; b != NULL; b = b->next) {
+        n += !b->committed;
+    }
+    return n;
 }
 
 /* Submit the oldest queued batch when no entry in flight is still to be
@@ -372,7 +379,7 @@ static void consensus_batch_submit(struct consensus *c,
  * loop goes on past a batch that fails at once or is empty. */
 static void consensus_flush_batches(struct consensus *c)
 {
-    while (c->queued != NULL && c->uncommitted == 0) {
+    while (c->queued != NULL && consensus_uncommitted(c) == 0) {
         struct consensus_batch *b = c->queued;
         c->queued = b->next;
         if (c->queued == NULL) {
@@ -396,17 +403,15 @@ static void consensus_committed(void *arg, uint64_t index)
 {
     struct consensus *c = arg;
     struct consensus_batch *b;
+    int marked = 0;
 
-    if (c->uncommitted == 0) {
-        return;
-    }
     for (b = c->inflight; b != NULL; b = b->next) {
         if (!b->committed && b->req.index <= index) {
             b->committed = 1;
-            c->uncommitted--;
+            marked = 1;
         }
     }
-    if (!c->closing) {
+    if (marked && !c->closing) {
         consensus_flush_batches(c);
     }
 }

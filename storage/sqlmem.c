@@ -37,11 +37,10 @@ static struct sqlmem_free *free_lists[SQLMEM_CLASSES];
 /* The class of a request of n usable bytes, SQLMEM_CLASSES when too big. */
 static unsigned class_of(size_t n)
 {
-    size_t full = n + SQLMEM_HEADER;
+    size_t full = n + SQLMEM_HEADER; /* at least 8: c >= 1 */
     size_t c = (full + SQLMEM_CLASS - 1) / SQLMEM_CLASS;
 
-    return c == 0 ? 0 : (c <= SQLMEM_CLASSES ? (unsigned)(c - 1)
-                                             : SQLMEM_CLASSES);
+    return c <= SQLMEM_CLASSES ? (unsigned)(c - 1) : SQLMEM_CLASSES;
 }
 
 static uint64_t *header_of(void *p)

@@ -312,8 +312,8 @@ struct hook_log
     struct fixture *f;
     unsigned node;                /* replica whose FSM calls the hook */
     unsigned calls;               /* hook calls */
-    uint64_t index[8];            /* index of each call */
-    uint64_t applied_before[8];   /* storage's applied index at that call */
+    uint64_t index;               /* index of the first call */
+    uint64_t applied_before;      /* storage's applied index at that call */
     struct proposal *next;        /* to submit from the first call, or NULL */
 };
 
@@ -322,11 +322,10 @@ static void hook_cb(void *arg, uint64_t index)
     struct hook_log *h = arg;
     struct node *n = &h->f->nodes[h->node];
 
-    if (h->calls < 8) {
-        h->index[h->calls] = index;
-        h->applied_before[h->calls] = storage_applied_index(n->storage);
+    if (h->calls++ == 0) {
+        h->index = index;
+        h->applied_before = storage_applied_index(n->storage);
     }
-    h->calls++;
     if (h->next != NULL) {
         struct proposal *q = h->next;
 
@@ -359,8 +358,8 @@ static void the_committed_hook_sees_each_entry_before_it_is_applied(
          * it (the entries before it are libraft's own, which storage never
          * sees); it is applied now. */
         assert_int_equal(h[i].calls, 1);
-        assert_int_equal(h[i].index[0], p.req.index);
-        assert_true(h[i].applied_before[0] < p.req.index);
+        assert_int_equal(h[i].index, p.req.index);
+        assert_true(h[i].applied_before < p.req.index);
         assert_int_equal(storage_applied_index(f->nodes[i].storage),
                          p.req.index);
     }
