@@ -30,12 +30,8 @@ import bench_lib as bl  # noqa: E402
 
 def counters(port):
     """(entries, commands) proposed by the node at port, from /metrics."""
-    got = {}
-    for line in bl.metrics_text(port).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in ("ctxd_raft_entries_total",
-                                            "ctxd_raft_commands_total"):
-            got[parts[0]] = float(parts[1])
+    got = bl.metric_values(port, ("ctxd_raft_entries_total",
+                                  "ctxd_raft_commands_total"))
     return (got.get("ctxd_raft_entries_total", 0.0),
             got.get("ctxd_raft_commands_total", 0.0))
 

@@ -155,6 +155,17 @@ def metrics_text(port, timeout=10.0):
         c.close()
 
 
+def metric_values(port, names):
+    """{name: value} of the node's unlabelled /metrics samples in names
+    (absent ones left out)."""
+    out = {}
+    for line in metrics_text(port).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in names:
+            out[parts[0]] = float(parts[1])
+    return out
+
+
 class Ctxd:
     """N ctxd nodes started here (each in its own session), ids 1..N."""
 
@@ -258,10 +269,8 @@ class Ctxd:
     def applied_index(self, port):
         """The node's applied index from /metrics (cheap at any data size,
         unlike the digest, which hashes every row), or None."""
-        for line in metrics_text(port).splitlines():
-            if line.startswith("ctxd_raft_applied_index "):
-                return int(float(line.split()[1]))
-        return None
+        v = metric_values(port, ("ctxd_raft_applied_index",))
+        return int(v["ctxd_raft_applied_index"]) if v else None
 
     def stop(self):
         for p in self.procs.values():
