@@ -20,7 +20,11 @@
  *   properties(sk, name, value, expires_ms)       value is JSON text
  *   requests(acc, rid, at_ms, status, idx)         exactly-once window
  *   nodes(id, http_addr, region)                   cluster directory
- *   meta(k, v)                                     applied index, last time
+ *   meta(k, v)                                     applied index, last time,
+ *                                                  purge count: written when
+ *                                                  an image, digest or dump
+ *                                                  reads the database, kept
+ *                                                  in memory in between
  *
  * Every function returns 0 or a STORAGE_E* code; none prints. All JSON
  * appended to an output buffer is complete and valid. */

@@ -1298,6 +1298,46 @@ static void a_forked_digest_is_the_digest_at_the_fork(void **state)
     storage_digest_release(s);
 }
 
+/* The applied index and its time are kept in memory between images (see
+ * meta_sync in storage.c): an image or a digest forked right after an
+ * entry, with nothing read in process since, still carries them. An empty
+ * entry changes nothing else, so only they can tell the digests apart. */
+static void forked_images_carry_the_applied_index_of_the_fork(void **state)
+{
+    struct storage *s = *state;
+    struct storage *copy;
+    struct storage_image img;
+    uint8_t before[32];
+    uint8_t after[32];
+    void *data;
+    size_t len;
+    uint64_t index;
+
+    fill(s);
+    digest_of(s, before);
+    index = storage_applied_index(s) + 1;
+    apply_n(s, index, T0 + 90000, NULL, 0, NULL);
+
+    assert_int_equal(storage_digest_fork(s, &img), 0);
+    assert_int_equal(storage_image_read(&img, &data, &len), 0);
+    storage_digest_release(s);
+    assert_int_equal(len, 32);
+    assert_memory_not_equal(data, before, 32);
+    digest_of(s, after);
+    assert_memory_equal(data, after, 32);
+    free(data);
+
+    apply_n(s, index + 1, T0 + 95000, NULL, 0, NULL);
+    assert_int_equal(storage_image_fork(s, &img), 0);
+    assert_int_equal(storage_image_read(&img, &data, &len), 0);
+    assert_int_equal(storage_open(&copy), 0);
+    assert_int_equal(storage_restore(copy, data, len), 0);
+    assert_int_equal(storage_applied_index(copy), index + 1);
+    assert_int_equal(storage_last_time_ms(copy), T0 + 95000);
+    storage_close(copy);
+    free(data);
+}
+
 static void restoring_bad_bytes_fails_and_keeps_the_old_state(void **state)
 {
     struct storage *s = *state;
@@ -1627,6 +1667,7 @@ int main(void)
         T(a_forked_image_is_the_state_at_the_fork),
         T(restoring_bad_bytes_fails_and_keeps_the_old_state),
         T(a_forked_digest_is_the_digest_at_the_fork),
+        T(forked_images_carry_the_applied_index_of_the_fork),
         T(a_database_without_our_schema_is_refused),
         T(an_image_from_before_session_keys_is_migrated),
         T(an_old_image_with_an_orphan_property_is_refused),
