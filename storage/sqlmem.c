@@ -30,6 +30,7 @@ struct sqlmem_free
 };
 
 static size_t pooled_bytes;
+static unsigned long fail_countdown; /* see sqlmem_fail_at; 0: off */
 
 #if !defined(SQLMEM_SANITIZED)
 static struct sqlmem_free *free_lists[SQLMEM_CLASSES];
@@ -55,6 +56,9 @@ static void *sqlmem_malloc(int n)
     size_t full;
 
     if (n < 0) {
+        return NULL;
+    }
+    if (fail_countdown != 0 && --fail_countdown == 0) {
         return NULL;
     }
     c = class_of((size_t)n);
@@ -169,9 +173,24 @@ int sqlmem_install(void)
     }
     return installed;
 }
+
+int sqlmem_fail_at(unsigned long n)
+{
+    int on = sqlmem_install();
+
+    fail_countdown = on ? n : 0;
+    return on;
+}
 #else
 int sqlmem_install(void)
 {
+    return 0;
+}
+
+int sqlmem_fail_at(unsigned long n)
+{
+    (void)n;
+    fail_countdown = 0;
     return 0;
 }
 #endif

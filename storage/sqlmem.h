@@ -35,6 +35,11 @@
  * allocator stays: correct, slower). */
 int sqlmem_install(void);
 
+/* For tests: make the n-th SQLite allocation from now fail (once), as if
+ * the heap were exhausted; 0 turns that off. Returns 1 when the methods are
+ * installed and the failure is armed, 0 when not (then nothing fails). */
+int sqlmem_fail_at(unsigned long n);
+
 /* Bytes held on the free lists (blocks freed by SQLite, kept for reuse). */
 size_t sqlmem_pooled(void);
 

@@ -175,6 +175,8 @@ static const struct
                     " LEFT JOIN sessions s ON s.acc = n.acc"                  \
                     " AND s.ns = n.ns AND s.sid = ?3"                         \
                     " WHERE n.acc = ?1 AND n.ns = ?2")                        \
+    X(ST_SESS_GET, "SELECT sk, ttl, version, doc_count, doc_bytes"           \
+                   " FROM sessions WHERE acc = ?1 AND ns = ?2 AND sid = ?3")  \
     X(ST_SESS_NEW, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"      \
                    " version) VALUES(?1, ?2, ?3, ?4, NULL, ?5)")              \
     X(ST_SESS_SET_TTL, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"  \
@@ -244,6 +246,26 @@ static const char *const stmt_sql[ST_COUNT] = {
 #define META_TIME "last_time_ms"
 #define META_PURGED "purged"
 
+/* Namespaces that exist, with their TTL, so that a write or a read looks
+ * up its session alone instead of joining the namespace row each time.
+ * Direct-mapped by a hash of (acc, ns); pairs longer than NS_CACHE_KEY
+ * bytes are not kept. A slot is valid while its generation is the
+ * storage's: anything that may change a namespace row (create, TTL,
+ * delete, a rollback that may undo one, a restore) bumps the generation,
+ * which empties the cache at once. Namespaces change rarely; every write
+ * and read looks one up. */
+#define NS_CACHE_SLOTS 64
+#define NS_CACHE_KEY 120
+
+struct ns_slot
+{
+    uint64_t gen;      /* valid while = storage's ns_gen */
+    int64_t ttl;       /* the namespace TTL in seconds, 0 when none */
+    uint32_t acc_len;  /* key = acc bytes then ns bytes */
+    uint32_t ns_len;
+    unsigned char key[NS_CACHE_KEY];
+};
+
 struct storage
 {
     sqlite3 *db;                    /* owned; private in-memory database */
@@ -263,6 +285,8 @@ struct storage
                                        a lower bound of every expires_ms
                                        (INT64_MAX: none expire), see
                                        op_write */
+    uint64_t ns_gen;                /* see struct ns_slot; never 0 */
+    struct ns_slot ns_cache[NS_CACHE_SLOTS];
 };
 
 /* What one apply needs besides the storage. */
@@ -540,6 +564,7 @@ int storage_open(struct storage **out)
     }
     s->keys_generation = 1;
     s->expiry_floor = INT64_MAX; /* empty: nothing expires */
+    s->ns_gen = 1;
     rc = db_open(&s->db);
     if (rc != 0) {
         goto err_after_alloc;
@@ -627,12 +652,59 @@ static int op_set_key(struct storage *s, const struct cmd *c)
     return run(st, rc);
 }
 
+/* The slot of (acc, ns), or NULL when the pair is too long to keep. */
+static struct ns_slot *ns_slot_of(struct storage *s, const struct cmd *c)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    uint32_t i;
+
+    if ((size_t)c->acc.len + c->ns.len > NS_CACHE_KEY) {
+        return NULL;
+    }
+    for (i = 0; i < c->acc.len; i++) {
+        h = (h ^ (unsigned char)c->acc.base[i]) * 16777619u;
+    }
+    h = (h ^ 0xffu) * 16777619u; /* ("ab", "c") and ("a", "bc") differ */
+    for (i = 0; i < c->ns.len; i++) {
+        h = (h ^ (unsigned char)c->ns.base[i]) * 16777619u;
+    }
+    return &s->ns_cache[h % NS_CACHE_SLOTS];
+}
+
+static int ns_slot_holds(const struct storage *s, const struct ns_slot *e,
+                         const struct cmd *c)
+{
+    return e->gen == s->ns_gen && e->acc_len == c->acc.len &&
+           e->ns_len == c->ns.len &&
+           memcmp(e->key, c->acc.base, c->acc.len) == 0 &&
+           memcmp(e->key + c->acc.len, c->ns.base, c->ns.len) == 0;
+}
+
+static void ns_slot_fill(struct storage *s, struct ns_slot *e,
+                         const struct cmd *c, int64_t ttl)
+{
+    e->gen = s->ns_gen;
+    e->ttl = ttl;
+    e->acc_len = c->acc.len;
+    e->ns_len = c->ns.len;
+    memcpy(e->key, c->acc.base, c->acc.len);
+    memcpy(e->key + c->acc.len, c->ns.base, c->ns.len);
+}
+
+/* Before anything that may change a namespace row. */
+static void ns_cache_clear(struct storage *s)
+{
+    s->ns_gen++;
+}
+
 static int ns_create(struct storage *s, const struct apply_ctx *a,
                      const struct cmd *c)
 {
     sqlite3_stmt *st = s->st[ST_NS_CREATE];
     int rc = bind_where(st, c, 0);
 
+    /* The cache keeps only namespaces that exist: creating one (or
+     * finding it there already) leaves every slot true. */
     if (rc == SQLITE_OK) {
         rc = sqlite3_bind_int64(st, 3, a->time);
     }
@@ -648,6 +720,7 @@ static int op_ns_put(struct storage *s, const struct apply_ctx *a,
     if (rc != 0 || c->ttl < 0) {
         return rc; /* ttl -1: leave an existing TTL as is */
     }
+    ns_cache_clear(s);
     rc = bind_where(st, c, 0);
     if (rc == SQLITE_OK) {
         rc = c->ttl == 0 ? sqlite3_bind_null(st, 3)
@@ -663,6 +736,7 @@ static int op_ns_delete(struct storage *s, const struct cmd *c)
     size_t i;
     int rc;
 
+    ns_cache_clear(s);
     for (i = 0; i < sizeof ids / sizeof ids[0]; i++) {
         sqlite3_stmt *st = s->st[ids[i]];
 
@@ -816,30 +890,47 @@ struct sess_view
     uint64_t doc_bytes; /* their name and value bytes */
 };
 
+static void view_session_cols(sqlite3_stmt *st, int col, struct sess_view *v)
+{
+    v->sess_exists = sqlite3_column_type(st, col) != SQLITE_NULL;
+    if (v->sess_exists) {
+        v->sk = sqlite3_column_int64(st, col);
+        if (sqlite3_column_type(st, col + 1) != SQLITE_NULL) {
+            v->sess_ttl = sqlite3_column_int64(st, col + 1);
+        }
+        v->version = col_u64(st, col + 2);
+        v->doc_count = col_u64(st, col + 3);
+        v->doc_bytes = col_u64(st, col + 4);
+    }
+}
+
 static int sess_view_get(struct storage *s, const struct cmd *c,
                           struct sess_view *v)
 {
-    sqlite3_stmt *st = s->st[ST_VIEW_GET];
+    struct ns_slot *e = ns_slot_of(s, c);
+    int hit = e != NULL && ns_slot_holds(s, e, c);
+    sqlite3_stmt *st = s->st[hit ? ST_SESS_GET : ST_VIEW_GET];
     int rc = bind_where(st, c, 1);
 
     memset(v, 0, sizeof *v);
+    if (hit) {
+        v->ns_exists = 1;
+        v->ns_ttl = e->ttl;
+    }
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
     }
-    if (rc == SQLITE_ROW) {
+    if (rc == SQLITE_ROW && hit) {
+        view_session_cols(st, 0, v);
+        rc = SQLITE_DONE;
+    } else if (rc == SQLITE_ROW) {
         v->ns_exists = 1;
         if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
             v->ns_ttl = sqlite3_column_int64(st, 0);
         }
-        v->sess_exists = sqlite3_column_type(st, 1) != SQLITE_NULL;
-        if (v->sess_exists) {
-            v->sk = sqlite3_column_int64(st, 1);
-            if (sqlite3_column_type(st, 2) != SQLITE_NULL) {
-                v->sess_ttl = sqlite3_column_int64(st, 2);
-            }
-            v->version = col_u64(st, 3);
-            v->doc_count = col_u64(st, 4);
-            v->doc_bytes = col_u64(st, 5);
+        view_session_cols(st, 1, v);
+        if (e != NULL) {
+            ns_slot_fill(s, e, c, v->ns_ttl);
         }
         rc = SQLITE_DONE;
     }
@@ -1172,6 +1263,8 @@ static int apply_one(struct storage *s, struct apply_ctx *a,
     if (status != STORAGE_OK) {
         a->purged = purged;
         if (a->savepoint) {
+            /* The write may have created its namespace, which no slot
+             * holds yet: it was looked up before (sess_view_get). */
             rc = run(s->st[ST_ROLLBACK_TO], SQLITE_OK);
             if (rc != 0) {
                 return rc;
@@ -1276,6 +1369,7 @@ int storage_apply(struct storage *s, uint64_t index, const void *entry,
 
 err_after_begin:
     /* Fails harmlessly when SQLite already rolled back on its own. */
+    ns_cache_clear(s); /* an earlier command may have changed one */
     run(s->st[ST_ROLLBACK], SQLITE_OK);
 err_after_alloc:
     free(res);
@@ -2212,6 +2306,7 @@ int storage_restore(struct storage *s, const void *data, size_t len)
     fresh.backup_busy = s->backup_busy;
     fresh.keys_generation = s->keys_generation + 1;
     expiry_floor_refresh(&fresh);
+    fresh.ns_gen = s->ns_gen + 1; /* fresh's slots are all generation 0 */
     stmts_finalize(s->st);
     sqlite3_close(s->db);
     *s = fresh;

@@ -166,6 +166,49 @@ static void a_database_reuses_what_it_freed(void **state)
     assert_true(sqlmem_pooled() <= after_first + after_first / 4);
 }
 
+/* sqlmem_fail_at(n) fails the n-th allocation from now, once, whether the
+ * block would come from a free list or from malloc; 0 disarms it. Under
+ * ASan it cannot arm and nothing fails. */
+static void an_armed_failure_fails_the_nth_allocation_once(void **state)
+{
+    void *p[4];
+    void *q;
+    int i;
+
+    (void)state;
+    if (!installed) {
+        assert_int_equal(sqlmem_fail_at(2), 0);
+        q = sqlite3_malloc(64);
+        assert_non_null(q);
+        sqlite3_free(q);
+        return;
+    }
+    q = sqlite3_malloc(100);
+    assert_non_null(q);
+    sqlite3_free(q); /* its class now has a free block */
+    assert_int_equal(sqlmem_fail_at(3), 1);
+    for (i = 0; i < 4; i++) {
+        p[i] = sqlite3_malloc(100);
+    }
+    assert_non_null(p[0]);
+    assert_non_null(p[1]);
+    assert_null(p[2]);
+    assert_non_null(p[3]);
+    /* realloc allocates through the same path. */
+    assert_int_equal(sqlmem_fail_at(1), 1);
+    assert_null(sqlite3_realloc(p[0], 3000));
+    q = sqlite3_realloc(p[0], 3000); /* the failed one left p[0] alone */
+    assert_non_null(q);
+    assert_int_equal(sqlmem_fail_at(1), 1);
+    assert_int_equal(sqlmem_fail_at(0), 1);
+    p[2] = sqlite3_malloc(100);
+    assert_non_null(p[2]);
+    sqlite3_free(q);
+    for (i = 1; i < 4; i++) {
+        sqlite3_free(p[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +217,7 @@ int main(void)
         cmocka_unit_test(a_freed_block_is_handed_out_again_for_its_class),
         cmocka_unit_test(realloc_keeps_the_bytes_on_every_path),
         cmocka_unit_test(a_database_reuses_what_it_freed),
+        cmocka_unit_test(an_armed_failure_fails_the_nth_allocation_once),
     };
 
     return cmocka_run_group_tests(tests, group_setup, NULL);

@@ -15,6 +15,7 @@
 #include <sqlite3.h>
 
 #include "../../lib/crypto.h"
+#include "../../storage/sqlmem.h"
 #include "../../storage/storage.h"
 
 #define T0 1614307598220ull /* 2021-02-26T02:46:38.220Z */
@@ -1050,6 +1051,70 @@ static void a_bad_entry_applies_nothing(void **state)
     buf_free(&e);
 }
 
+/* Running out of memory at any allocation of an entry rolls the whole
+ * entry back: none of its commands stays, the applied index does not move,
+ * and the namespace cache forgets the TTL the entry set (a later write
+ * still gets the old one). Allocation failures come from sqlmem_fail_at,
+ * so this runs where SQLite's heap is ours (not under ASan). */
+static void an_entry_that_runs_out_of_memory_changes_nothing(void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+    struct cmd c[3];
+    struct buf e = BUF_INIT;
+    struct buf out = BUF_INIT;
+    struct storage_result *r = NULL;
+    uint32_t nr = 0;
+    uint64_t index = 2;
+    unsigned long k;
+    int failed = 0;
+    int rc = -1;
+
+    if (!sqlmem_fail_at(0)) {
+        skip();
+    }
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1")); /* no TTL */
+    ns.ttl = 10;
+    c[0] = ns;
+    c[1] = mk_put("a", "n", "s", "q", "2"); /* looks the TTL up */
+    c[2] = mk_put("a", "n", "t", "r", "3");
+    build_entry(&e, T0, c, 3);
+    for (k = 1; k < 100000; k++) {
+        char name[16];
+
+        assert_int_equal(sqlmem_fail_at(k), 1);
+        rc = storage_apply(s, index, e.base, e.len, &r, &nr);
+        (void)sqlmem_fail_at(0);
+        if (rc == 0) {
+            break;
+        }
+        assert_int_equal(rc, STORAGE_ENOMEM);
+        assert_null(r);
+        failed++;
+        assert_int_equal(storage_applied_index(s), index - 1);
+        assert_int_equal(storage_ns_list(s, "a", 1, &out), 0);
+        assert_null(strstr(out.base, "ttlSecond"));
+        buf_reset(&out);
+        assert_int_equal(props(s, "a", "n", "t", T0, &out, NULL), 0);
+        assert_string_equal(out.base, "{}");
+        /* A write after the failure is permanent, as before the entry. */
+        snprintf(name, sizeof name, "w%lu", k);
+        apply1(s, index, T0, mk_put("a", "n", "s", name, "4"));
+        assert_int_equal(props(s, "a", "n", "s", T0 + 20000, &out, NULL), 0);
+        assert_non_null(strstr(out.base, name));
+        assert_null(strstr(out.base, "\"q\""));
+        index++;
+    }
+    assert_int_equal(rc, 0);
+    assert_true(failed > 0);
+    assert_int_equal(nr, 3);
+    free(r);
+    assert_int_equal(props(s, "a", "n", "t", T0, &out, NULL), 0);
+    assert_string_equal(out.base, "{\"r\":3}");
+    buf_free(&out);
+    buf_free(&e);
+}
+
 static void an_empty_entry_advances_the_applied_index(void **state)
 {
     struct storage *s = *state;
@@ -1660,6 +1725,7 @@ int main(void)
         T(a_corrupt_record_fails_alone),
         T(a_bad_entry_applies_nothing),
         T(an_empty_entry_advances_the_applied_index),
+        T(an_entry_that_runs_out_of_memory_changes_nothing),
         T(session_ids_are_sorted_paged_and_live_only),
         T(session_props_lists_each_session_document),
         T(node_info_is_upserted_and_looked_up),
