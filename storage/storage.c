@@ -175,6 +175,8 @@ static const struct
                     " LEFT JOIN sessions s ON s.acc = n.acc"                  \
                     " AND s.ns = n.ns AND s.sid = ?3"                         \
                     " WHERE n.acc = ?1 AND n.ns = ?2")                        \
+    X(ST_SESS_BY_SK, "SELECT sk, ttl, version, doc_count, doc_bytes,"        \
+                     " acc, ns, sid FROM sessions WHERE sk = ?1")             \
     X(ST_SESS_GET, "SELECT sk, ttl, version, doc_count, doc_bytes"           \
                    " FROM sessions WHERE acc = ?1 AND ns = ?2 AND sid = ?3")  \
     X(ST_SESS_NEW, "INSERT INTO sessions(acc, ns, sid, created_ms, ttl,"      \
@@ -266,6 +268,22 @@ struct ns_slot
     unsigned char key[NS_CACHE_KEY];
 };
 
+/* Where sessions were last found: a slot per hash of (acc, ns, sid) holds
+ * that hash and the session's sk, so that the next lookup reads the row by
+ * its integer key instead of searching sessions_key, whose entries compare
+ * three BLOBs each (about half of a lookup's instructions). A slot is only
+ * a hint: the row read by sk must carry the same (acc, ns, sid), or the
+ * lookup searches the index as before. So no change to the sessions (a
+ * delete, a rollback, an sk reused after the largest was deleted, a
+ * restore) can make it answer wrong, and nothing needs to empty it. */
+#define SK_CACHE_SLOTS 65536u /* 1 MiB */
+
+struct sk_slot
+{
+    uint64_t hash; /* of (acc, ns, sid), see sk_hash */
+    int64_t sk;    /* 0: empty (rowids start at 1) */
+};
+
 struct storage
 {
     sqlite3 *db;                    /* owned; private in-memory database */
@@ -286,6 +304,7 @@ struct storage
                                        (INT64_MAX: none expire), see
                                        op_write */
     uint64_t ns_gen;                /* see struct ns_slot; never 0 */
+    struct sk_slot *sk_cache;       /* owned; SK_CACHE_SLOTS slots */
     struct ns_slot ns_cache[NS_CACHE_SLOTS];
 };
 
@@ -565,6 +584,11 @@ int storage_open(struct storage **out)
     s->keys_generation = 1;
     s->expiry_floor = INT64_MAX; /* empty: nothing expires */
     s->ns_gen = 1;
+    s->sk_cache = calloc(SK_CACHE_SLOTS, sizeof *s->sk_cache);
+    if (s->sk_cache == NULL) {
+        rc = STORAGE_ENOMEM;
+        goto err_after_alloc;
+    }
     rc = db_open(&s->db);
     if (rc != 0) {
         goto err_after_alloc;
@@ -585,6 +609,7 @@ int storage_open(struct storage **out)
 err_after_db_open:
     sqlite3_close(s->db);
 err_after_alloc:
+    free(s->sk_cache);
     free(s);
     return rc;
 }
@@ -597,6 +622,7 @@ void storage_close(struct storage *s)
     }
     stmts_finalize(s->st);
     sqlite3_close(s->db);
+    free(s->sk_cache);
     free(s);
 }
 
@@ -748,6 +774,24 @@ static int op_ns_delete(struct storage *s, const struct cmd *c)
     return 0;
 }
 
+static uint64_t fnv64(uint64_t h, struct cmd_bytes f)
+{
+    uint32_t i;
+
+    for (i = 0; i < f.len; i++) {
+        h = (h ^ (unsigned char)f.base[i]) * 1099511628211u;
+    }
+    return (h ^ f.len) * 1099511628211u; /* ("ab", "c") is not ("a", "bc") */
+}
+
+static struct sk_slot *sk_slot_of(struct storage *s, const struct cmd *c,
+                                  uint64_t *hash)
+{
+    *hash = fnv64(fnv64(fnv64(14695981039346656037u, c->acc), c->ns),
+                  sid_of(c));
+    return &s->sk_cache[*hash % SK_CACHE_SLOTS];
+}
+
 /* Insert the row of a session that has none yet; *sk is its key. */
 static int sess_new(struct storage *s, const struct apply_ctx *a,
                     const struct cmd *c, int64_t *sk)
@@ -763,6 +807,13 @@ static int sess_new(struct storage *s, const struct apply_ctx *a,
     }
     rc = run(st, rc);
     *sk = rc == 0 ? sqlite3_last_insert_rowid(s->db) : 0;
+    if (rc == 0) {
+        uint64_t hash;
+        struct sk_slot *k = sk_slot_of(s, c, &hash);
+
+        k->hash = hash;
+        k->sk = *sk;
+    }
     return rc;
 }
 
@@ -904,19 +955,62 @@ static void view_session_cols(sqlite3_stmt *st, int col, struct sess_view *v)
     }
 }
 
+static int same_blob(sqlite3_stmt *st, int col, struct cmd_bytes f)
+{
+    const void *p = sqlite3_column_blob(st, col);
+    int n = sqlite3_column_bytes(st, col);
+
+    return n >= 0 && (uint32_t)n == f.len &&
+           (f.len == 0 || (p != NULL && memcmp(p, f.base, f.len) == 0));
+}
+
+/* The session row at sk, when it is the session of c: 1 and v's session
+ * columns filled, 0 when the row is another session's or absent. */
+static int sess_view_by_sk(struct storage *s, const struct cmd *c,
+                           int64_t sk, struct sess_view *v)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_BY_SK];
+    int rc = sqlite3_bind_int64(st, 1, sk);
+    int found = 0;
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        found = same_blob(st, 5, c->acc) && same_blob(st, 6, c->ns) &&
+                same_blob(st, 7, sid_of(c));
+        if (found) {
+            view_session_cols(st, 0, v);
+        }
+        rc = SQLITE_DONE;
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? found : -map_rc(rc);
+}
+
 static int sess_view_get(struct storage *s, const struct cmd *c,
                           struct sess_view *v)
 {
     struct ns_slot *e = ns_slot_of(s, c);
     int hit = e != NULL && ns_slot_holds(s, e, c);
-    sqlite3_stmt *st = s->st[hit ? ST_SESS_GET : ST_VIEW_GET];
-    int rc = bind_where(st, c, 1);
+    uint64_t hash;
+    struct sk_slot *k = sk_slot_of(s, c, &hash);
+    sqlite3_stmt *st;
+    int rc;
 
     memset(v, 0, sizeof *v);
     if (hit) {
         v->ns_exists = 1;
         v->ns_ttl = e->ttl;
+        if (k->sk != 0 && k->hash == hash) {
+            rc = sess_view_by_sk(s, c, k->sk, v);
+            if (rc != 0) {
+                return rc < 0 ? -rc : 0;
+            }
+        }
     }
+    st = s->st[hit ? ST_SESS_GET : ST_VIEW_GET];
+    rc = bind_where(st, c, 1);
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
     }
@@ -935,7 +1029,14 @@ static int sess_view_get(struct storage *s, const struct cmd *c,
         rc = SQLITE_DONE;
     }
     finish(st);
-    return rc == SQLITE_DONE ? 0 : map_rc(rc);
+    if (rc != SQLITE_DONE) {
+        return map_rc(rc);
+    }
+    if (v->sess_exists) {
+        k->hash = hash;
+        k->sk = v->sk;
+    }
+    return 0;
 }
 
 /* Open the command's savepoint (apply_one releases it). */
@@ -2307,6 +2408,7 @@ int storage_restore(struct storage *s, const void *data, size_t len)
     fresh.keys_generation = s->keys_generation + 1;
     expiry_floor_refresh(&fresh);
     fresh.ns_gen = s->ns_gen + 1; /* fresh's slots are all generation 0 */
+    fresh.sk_cache = s->sk_cache; /* hints only: kept (see sk_slot) */
     stmts_finalize(s->st);
     sqlite3_close(s->db);
     *s = fresh;

@@ -318,6 +318,31 @@ static void ns_delete_removes_its_sessions_and_properties(void **state)
     buf_free(&out);
 }
 
+/* A write finds its session again by the sk it was last seen at (see
+ * sk_slot in storage.c). After a namespace delete the next new session
+ * reuses that sk; the old session's hint must then not send a write to the
+ * new session's row. */
+static void a_session_key_reused_after_a_delete_finds_the_right_session(
+    void **state)
+{
+    struct storage *s = *state;
+    struct buf out = BUF_INIT;
+
+    apply1(s, 1, T0, mk_put("a", "n", "x", "p", "1"));
+    apply1(s, 2, T0, mk_put("a", "n", "x", "p", "2")); /* seen at its sk */
+    apply1(s, 3, T0, mk(CMD_NS_DELETE, "a", "n", NULL));
+    apply1(s, 4, T0, mk_put("a", "n", "y", "q", "3")); /* x's sk again */
+    apply1(s, 5, T0, mk_put("a", "n", "y", "q", "4"));
+    apply1(s, 6, T0, mk_put("a", "n", "x", "p", "5"));
+    apply1(s, 7, T0, mk_put("a", "n", "x", "r", "6"));
+    assert_int_equal(props(s, "a", "n", "x", T0, &out, NULL), 0);
+    assert_string_equal(out.base, "{\"p\":5,\"r\":6}");
+    assert_int_equal(props(s, "a", "n", "y", T0, &out, NULL), 0);
+    assert_string_equal(out.base, "{\"q\":4}");
+    assert_int_equal(storage_check(s), 0);
+    buf_free(&out);
+}
+
 /* --- PATCH / PROP_PUT / queries -------------------------------------------- */
 
 static void a_patch_creates_namespace_and_session_and_upserts(void **state)
@@ -1695,6 +1720,7 @@ int main(void)
         T(namespaces_are_listed_sorted_with_created_at_and_ttl),
         T(ns_put_ttl_minus_one_keeps_and_zero_clears_the_ttl),
         T(ns_delete_removes_its_sessions_and_properties),
+        T(a_session_key_reused_after_a_delete_finds_the_right_session),
         T(a_patch_creates_namespace_and_session_and_upserts),
         T(prop_get_returns_the_value_or_not_found),
         T(the_namespace_properties_are_the_default_session),
