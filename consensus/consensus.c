@@ -102,6 +102,7 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1257,6 +1258,8 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
                     char *errmsg, size_t errmsg_len)
 {
     struct consensus *c;
+    unsigned threshold;
+    unsigned stagger;
     int bootstrapped = 0;
     int rv;
 
@@ -1326,10 +1329,22 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
     raft_set_heartbeat_timeout(&c->raft, cfg->heartbeat_ms != 0
                                              ? cfg->heartbeat_ms
                                              : CONSENSUS_DEFAULT_HEARTBEAT_MS);
-    raft_set_snapshot_threshold(&c->raft,
-                                cfg->snapshot_threshold != 0
-                                    ? cfg->snapshot_threshold
-                                    : CONSENSUS_DEFAULT_SNAPSHOT_THRESHOLD);
+    /* Every node of a cluster applies the same log, so with one threshold
+     * they all snapshot at the same indexes, at the same moment: three
+     * forked children serializing the whole database and three image
+     * writes at once, which starved the nodes' loops of CPU for over
+     * 100 ms at 1,000,000 properties (docs/performance.md, eleventh run).
+     * Each node's first snapshot comes a third of the threshold later per
+     * id (modulo 3), and from then on every threshold entries, so the
+     * nodes keep their phases apart. */
+    threshold = cfg->snapshot_threshold != 0
+                    ? cfg->snapshot_threshold
+                    : CONSENSUS_DEFAULT_SNAPSHOT_THRESHOLD;
+    stagger = (unsigned)((cfg->id - 1) % 3) * (threshold / 3);
+    c->fsm.snapshot_threshold = threshold;
+    raft_set_snapshot_threshold(&c->raft, stagger <= UINT_MAX - threshold
+                                              ? threshold + stagger
+                                              : UINT_MAX);
     raft_set_snapshot_trailing(&c->raft,
                                cfg->snapshot_trailing != 0
                                    ? cfg->snapshot_trailing
@@ -1446,6 +1461,7 @@ void consensus_info(struct consensus *c, struct consensus_info *info)
     info->leader_changes = c->leader_changes;
     info->snapshots_taken = c->fsm.snapshots_taken;
     info->snapshots_installed = c->fsm.snapshots_installed;
+    info->snapshot_index = c->fsm.snapshot_index;
     info->barriers = c->barriers;
     info->barrier_reads = c->barrier_reads;
     info->entries = c->entries;

@@ -216,6 +216,7 @@ struct consensus_info
     uint64_t leader_changes; /* leader changes this node has seen */
     uint64_t snapshots_taken;     /* snapshots this node took */
     uint64_t snapshots_installed; /* snapshots this node restored from */
+    uint64_t snapshot_index; /* applied index of its last snapshot, 0 if none */
     uint64_t barriers;       /* read barriers issued */
     uint64_t barrier_reads;  /* reads served by those barriers */
     uint64_t entries;        /* entries proposed (raft_apply calls) */

@@ -179,6 +179,9 @@ static int consensus_fsm_snapshot(struct raft_fsm *fsm,
     }
     f->image_busy = true;
     f->image_index = raft_last_applied(f->raft);
+    if (f->snapshot_threshold != 0) {
+        raft_set_snapshot_threshold(f->raft, f->snapshot_threshold);
+    }
     f->image_status = RAFT_IOERR;
     b->base = NULL;
     b->len = 0;
@@ -239,6 +242,7 @@ static int consensus_fsm_snapshot_finalize(struct raft_fsm *fsm,
         f->image_busy = false;
         if (f->image_status == 0) {
             f->snapshots_taken++;
+            f->snapshot_index = f->image_index;
             bytes = *bufs != NULL && *n_bufs == 1 ? (*bufs)[0].len : 0;
             LOGI("snapshot taken", " index=%llu bytes=%zu loop_ms=%.3f",
                  (unsigned long long)f->image_index, bytes,

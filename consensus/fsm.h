@@ -50,6 +50,12 @@ struct consensus_fsm
     uint64_t image_fork_ns;          /* time snapshot() held the loop */
     int image_status;                /* set by snapshot_async: 0 or RAFT_* */
     uint64_t snapshots_installed;    /* successful fsm->restore calls */
+    uint64_t snapshot_index;         /* applied index of the last snapshot
+                                        taken, 0 before the first */
+    unsigned snapshot_threshold;     /* when not 0: libraft's snapshot
+                                        threshold from the first snapshot
+                                        on (consensus starts each node at
+                                        a staggered one, see consensus.c) */
     void (*committed)(void *arg, uint64_t index); /* optional: called with
                                         the index of each entry about to be
                                         applied (it is committed), before

@@ -852,51 +852,76 @@ static int pred_cluster_closed(struct fixture *f)
     return f->closed == N_NODES;
 }
 
-static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
-    void **state)
+/* Start the three nodes of cl with f->cfg (ids 1..3) and run until one
+ * leads; returns its slot. */
+static int cluster_start(struct fixture *f, struct cluster *cl)
 {
-    struct fixture *f = *state;
-    struct cluster cl;
     struct consensus_config cfg;
     struct consensus_info info;
-    struct buf enc = BUF_INIT;
-    struct consensus_propose extra = {f, prop_cb, NULL, 0, NULL};
-    uint8_t digests[N_NODES][32];
     char errmsg[256];
-    char name[16];
     int leader = -1;
     int i;
 
-    memset(&cl, 0, sizeof cl);
-    the_cluster = &cl;
+    memset(cl, 0, sizeof *cl);
+    the_cluster = cl;
     for (i = 0; i < N_NODES; i++) {
-        snprintf(cl.dirs[i], sizeof cl.dirs[i], "%s/n%d", f->dir, i + 1);
-        free_port_addr(cl.addrs[i], sizeof cl.addrs[i]);
-        cl.members[i].id = (uint64_t)i + 1;
-        cl.members[i].raft_addr = cl.addrs[i];
+        snprintf(cl->dirs[i], sizeof cl->dirs[i], "%s/n%d", f->dir, i + 1);
+        free_port_addr(cl->addrs[i], sizeof cl->addrs[i]);
+        cl->members[i].id = (uint64_t)i + 1;
+        cl->members[i].raft_addr = cl->addrs[i];
     }
     for (i = 0; i < N_NODES; i++) {
-        assert_int_equal(storage_open(&cl.storages[i]), 0);
+        assert_int_equal(storage_open(&cl->storages[i]), 0);
         cfg = f->cfg;
         cfg.loop = &f->loop;
-        cfg.storage = cl.storages[i];
+        cfg.storage = cl->storages[i];
         cfg.id = (uint64_t)i + 1;
-        cfg.raft_addr = cl.addrs[i];
-        cfg.data_dir = cl.dirs[i];
-        cfg.members = cl.members;
+        cfg.raft_addr = cl->addrs[i];
+        cfg.data_dir = cl->dirs[i];
+        cfg.members = cl->members;
         cfg.n_members = N_NODES;
-        if (consensus_start(&cl.nodes[i], &cfg, errmsg, sizeof errmsg) != 0) {
+        if (consensus_start(&cl->nodes[i], &cfg, errmsg, sizeof errmsg) != 0) {
             fail_msg("consensus_start: %s", errmsg);
         }
     }
     run_until(f, pred_cluster_leader);
     for (i = 0; i < N_NODES; i++) {
-        consensus_info(cl.nodes[i], &info);
+        consensus_info(cl->nodes[i], &info);
         if (info.is_leader) {
             leader = i;
         }
     }
     assert_true(leader >= 0);
+    return leader;
+}
+
+static void cluster_stop(struct fixture *f, struct cluster *cl)
+{
+    int i;
+
+    for (i = 0; i < N_NODES; i++) {
+        consensus_close(cl->nodes[i], closed_cb, f);
+        retire(f, cl->nodes[i]);
+    }
+    run_until(f, pred_cluster_closed);
+    f->closed = 0;
+    for (i = 0; i < N_NODES; i++) {
+        storage_close(cl->storages[i]);
+    }
+    the_cluster = NULL;
+}
+
+static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct cluster cl;
+    struct buf enc = BUF_INIT;
+    struct consensus_propose extra = {f, prop_cb, NULL, 0, NULL};
+    uint8_t digests[N_NODES][32];
+    char name[16];
+    int leader = cluster_start(f, &cl);
+    int i;
 
     f->c = cl.nodes[leader];
     propose_ns(f, 0, "ns1", -1);
@@ -922,17 +947,49 @@ static void every_replica_of_a_three_node_cluster_applies_the_same_entries(
         assert_int_equal(storage_digest(cl.storages[i], digests[i]), 0);
         assert_memory_equal(digests[i], digests[0], 32);
     }
+    cluster_stop(f, &cl);
+}
 
+/* The nodes of a cluster apply the same log, so with one threshold they
+ * would all snapshot at the same indexes, at once. Node id k takes its
+ * first snapshot (k - 1) * threshold / 3 entries later than node 1, then
+ * one every threshold entries, keeping that phase. Each proposal here is
+ * an entry of its own, so a node snapshots within an entry or two of its
+ * point (a follower may apply two at once). */
+static void the_nodes_snapshot_at_staggered_indexes(void **state)
+{
+    struct fixture *f = *state;
+    struct cluster cl;
+    struct consensus_info info[N_NODES];
+    int leader;
+    int i;
+
+    f->cfg.snapshot_threshold = 12;
+    f->cfg.snapshot_trailing = 4;
+    leader = cluster_start(f, &cl);
+    f->c = cl.nodes[leader];
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    f->chain_left = 60;
+    chain_next(f);
+    run_until(f, pred_chain_done);
+    run_until(f, pred_cluster_caught_up);
+    f->c = NULL;
     for (i = 0; i < N_NODES; i++) {
-        consensus_close(cl.nodes[i], closed_cb, f);
-        retire(f, cl.nodes[i]);
+        consensus_info(cl.nodes[i], &info[i]);
     }
-    run_until(f, pred_cluster_closed);
-    f->closed = 0;
+    cluster_stop(f, &cl); /* before any assertion can leave the test */
     for (i = 0; i < N_NODES; i++) {
-        storage_close(cl.storages[i]);
+        /* Node 3: first at 12 + 8 = 20, then 32, 44, 56. */
+        uint64_t phase = (info[i].snapshot_index + 12 - (uint64_t)i * 4) % 12;
+
+        assert_true(info[i].snapshots_taken >= 3);
+        if (phase > 2) {
+            fail_msg("node %d: last snapshot at %llu, phase %llu", i + 1,
+                     (unsigned long long)info[i].snapshot_index,
+                     (unsigned long long)phase);
+        }
     }
-    the_cluster = NULL;
 }
 
 /* --- Membership ---------------------------------------------------------- */
@@ -1361,6 +1418,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             a_restart_rebuilds_the_same_state_from_snapshot_and_log, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            the_nodes_snapshot_at_staggered_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(
             every_replica_of_a_three_node_cluster_applies_the_same_entries,
             setup, teardown),
