@@ -280,7 +280,7 @@ struct ns_slot
 
 struct sk_slot
 {
-    uint64_t hash; /* of (acc, ns, sid), see sk_hash */
+    uint64_t hash; /* of (acc, ns, sid), see sk_slot_of */
     int64_t sk;    /* 0: empty (rowids start at 1) */
 };
 
@@ -829,15 +829,9 @@ static int sess_bump(struct storage *s, const struct apply_ctx *a,
     return run(st, rc);
 }
 
-/* Insert or replace one property, adding what it changes in the session
- * document to doc[0] (rows) and doc[1] (name and value bytes): a lookup of
- * the old value's length, then a plain INSERT or UPDATE (together no
- * dearer than an upsert, and no trigger). */
-/* The property UPDATE reports the length of the value it replaces through
- * SQLite's pre-update hook, registered only while that statement steps: an
- * overwrite seeks its row once, where reading the old length first in a
- * statement of its own cost a second seek (7 % of an applied write). No
- * row updated means a new property: INSERT it. */
+/* The property UPDATE of prop_put reports the length of the value it
+ * replaces through SQLite's pre-update hook, registered only while that
+ * statement steps. */
 #define PROP_COL_VALUE 2 /* properties.value, in SCHEMA_PROPERTIES order */
 
 static void prop_old_len(void *arg, sqlite3 *db, int op, const char *zdb,
@@ -875,6 +869,12 @@ static int prop_bind(sqlite3_stmt *st, int64_t sk, struct cmd_bytes name,
     return rc;
 }
 
+/* Insert or replace one property, adding what it changes in the session
+ * document to doc[0] (rows) and doc[1] (name and value bytes): an UPDATE
+ * that learns the old value's length from the pre-update hook, so an
+ * overwrite seeks its row once (a SELECT of the length first cost a second
+ * seek, 7 % of an applied write); when it updated nothing the property is
+ * new, and a plain INSERT adds it. No upsert, no trigger. */
 static int prop_put(struct storage *s, int64_t sk, struct cmd_bytes name,
                     struct cmd_bytes value, int64_t expires, int64_t doc[2])
 {
