@@ -678,23 +678,28 @@ static int op_set_key(struct storage *s, const struct cmd *c)
     return run(st, rc);
 }
 
+/* FNV-1a over f's bytes, then its length, continuing from h: the hash of
+ * the cache slots (ns_slot_of, sk_slot_of). */
+#define FNV64_BASIS 14695981039346656037u
+
+static uint64_t fnv64(uint64_t h, struct cmd_bytes f)
+{
+    uint32_t i;
+
+    for (i = 0; i < f.len; i++) {
+        h = (h ^ (unsigned char)f.base[i]) * 1099511628211u;
+    }
+    return (h ^ f.len) * 1099511628211u; /* ("ab", "c") is not ("a", "bc") */
+}
+
 /* The slot of (acc, ns), or NULL when the pair is too long to keep. */
 static struct ns_slot *ns_slot_of(struct storage *s, const struct cmd *c)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    uint32_t i;
-
     if ((size_t)c->acc.len + c->ns.len > NS_CACHE_KEY) {
         return NULL;
     }
-    for (i = 0; i < c->acc.len; i++) {
-        h = (h ^ (unsigned char)c->acc.base[i]) * 16777619u;
-    }
-    h = (h ^ 0xffu) * 16777619u; /* ("ab", "c") and ("a", "bc") differ */
-    for (i = 0; i < c->ns.len; i++) {
-        h = (h ^ (unsigned char)c->ns.base[i]) * 16777619u;
-    }
-    return &s->ns_cache[h % NS_CACHE_SLOTS];
+    return &s->ns_cache[fnv64(fnv64(FNV64_BASIS, c->acc), c->ns) %
+                        NS_CACHE_SLOTS];
 }
 
 static int ns_slot_holds(const struct storage *s, const struct ns_slot *e,
@@ -774,21 +779,10 @@ static int op_ns_delete(struct storage *s, const struct cmd *c)
     return 0;
 }
 
-static uint64_t fnv64(uint64_t h, struct cmd_bytes f)
-{
-    uint32_t i;
-
-    for (i = 0; i < f.len; i++) {
-        h = (h ^ (unsigned char)f.base[i]) * 1099511628211u;
-    }
-    return (h ^ f.len) * 1099511628211u; /* ("ab", "c") is not ("a", "bc") */
-}
-
 static struct sk_slot *sk_slot_of(struct storage *s, const struct cmd *c,
                                   uint64_t *hash)
 {
-    *hash = fnv64(fnv64(fnv64(14695981039346656037u, c->acc), c->ns),
-                  sid_of(c));
+    *hash = fnv64(fnv64(fnv64(FNV64_BASIS, c->acc), c->ns), sid_of(c));
     return &s->sk_cache[*hash % SK_CACHE_SLOTS];
 }
 
