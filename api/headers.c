@@ -7,41 +7,103 @@
 /* Buffers larger than this are freed between messages rather than kept. */
 #define HEADERS_KEEP_BYTES 4096
 
-/* RFC 9110 token characters. */
-static int is_tchar(unsigned char ch)
+/* RFC 9110 token characters: letters, digits and !#$%&'*+-.^_`|~ */
+static const unsigned char tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
+    ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1,
+    ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
+    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
+    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
+    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
+    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+/* Shorten the text to len bytes, keeping buf's trailing NUL. */
+static void text_cut(struct http_header_list *l, size_t len)
 {
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-        (ch >= '0' && ch <= '9')) {
-        return 1;
+    if (l->text.base != NULL) {
+        l->text.len = len;
+        l->text.base[len] = '\0';
     }
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
 }
 
-int http_headers_add(struct http_header_list *l, const char *name,
-                     size_t name_len, const char *value, size_t value_len)
+/* Drop the pending header. */
+static void headers_drop(struct http_header_list *l)
+{
+    text_cut(l, l->pend);
+    l->pending = 0;
+    l->in_value = 0;
+}
+
+/* Start the pending header at the end of the text. */
+static void headers_begin(struct http_header_list *l)
+{
+    l->pending = 1;
+    l->in_value = 0;
+    l->pend = l->text.len;
+}
+
+/* End the pending header's name with its NUL; its value starts after. */
+static int headers_name_done(struct http_header_list *l)
+{
+    if (buf_append_char(&l->text, '\0') != 0) {
+        return -1;
+    }
+    l->in_value = 1;
+    l->pend_value = l->text.len;
+    return 0;
+}
+
+/* The pending header is complete: check it, lower-case its name and trim
+ * its value in place, and record where both are. On error the list is
+ * left as it was before the header began. */
+static int headers_commit(struct http_header_list *l)
 {
     struct http_header_at *at;
-    char *p;
+    char *name;
+    char *value;
+    size_t name_len;
+    size_t value_len;
+    size_t lead = 0;
     size_t i;
 
+    if (!l->in_value && headers_name_done(l) != 0) {
+        goto fail;
+    }
+    name = l->text.base + l->pend;
+    name_len = l->pend_value - 1 - l->pend;
+    value = l->text.base + l->pend_value;
+    value_len = l->text.len - l->pend_value;
     /* http-parser lets some bytes through in names (a space before the
      * colon): refuse them, a proxy might read the header differently. */
     if (name_len == 0) {
-        return -1;
+        goto fail;
     }
     for (i = 0; i < name_len; i++) {
-        if (!is_tchar((unsigned char)name[i])) {
-            return -1;
+        unsigned char ch = (unsigned char)name[i];
+
+        if (!tchar[ch]) {
+            goto fail;
+        }
+        if (ch >= 'A' && ch <= 'Z') {
+            name[i] = (char)(ch - 'A' + 'a');
         }
     }
     if (value_len > 0 && memchr(value, '\0', value_len) != NULL) {
-        return -1;
+        goto fail;
     }
-    while (value_len > 0 && (value[0] == ' ' || value[0] == '\t')) {
-        value++;
-        value_len--;
+    while (lead < value_len && (value[lead] == ' ' || value[lead] == '\t')) {
+        lead++;
     }
-    while (value_len > 0 &&
+    while (value_len > lead &&
            (value[value_len - 1] == ' ' || value[value_len - 1] == '\t')) {
         value_len--;
     }
@@ -50,44 +112,43 @@ int http_headers_add(struct http_header_list *l, const char *name,
         struct http_header_at *grown = realloc(l->at, cap * sizeof *grown);
 
         if (grown == NULL) {
-            return -1;
+            goto fail;
         }
         l->at = grown;
         l->cap = cap;
     }
-    if (value_len > SIZE_MAX - name_len - 2 ||
-        buf_reserve(&l->text, name_len + value_len + 2) != 0) {
-        return -1;
+    /* Drop the trailing blanks; the NUL goes where they began. */
+    text_cut(l, l->pend_value + value_len);
+    if (buf_append_char(&l->text, '\0') != 0) {
+        goto fail;
     }
     at = &l->at[l->n++];
-    at->name = l->text.len;
-    at->value = l->text.len + name_len + 1;
-    at->value_len = value_len;
-    p = l->text.base + l->text.len;
-    for (i = 0; i < name_len; i++) {
-        char c = name[i];
-        p[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-    }
-    p[name_len] = '\0';
-    if (value_len > 0) {
-        memcpy(p + name_len + 1, value, value_len);
-    }
-    p[name_len + 1 + value_len] = '\0';
-    l->text.len += name_len + value_len + 2;
+    at->name = l->pend;
+    at->value = l->pend_value + lead;
+    at->value_len = value_len - lead;
+    l->pending = 0;
+    l->in_value = 0;
     return 0;
+
+fail:
+    headers_drop(l);
+    return -1;
 }
 
-static int headers_commit(struct http_header_list *l)
+int http_headers_add(struct http_header_list *l, const char *name,
+                     size_t name_len, const char *value, size_t value_len)
 {
-    int rv = http_headers_add(l, l->name.base != NULL ? l->name.base : "",
-                              l->name.len,
-                              l->value.base != NULL ? l->value.base : "",
-                              l->value.len);
-
-    buf_reset(&l->name);
-    buf_reset(&l->value);
-    l->in_value = 0;
-    return rv;
+    if (l->pending) {
+        return -1; /* a header is being received piece by piece */
+    }
+    headers_begin(l);
+    if (buf_append(&l->text, name, name_len) != 0 ||
+        headers_name_done(l) != 0 ||
+        buf_append(&l->text, value, value_len) != 0) {
+        headers_drop(l);
+        return -1;
+    }
+    return headers_commit(l);
 }
 
 int http_headers_field(struct http_header_list *l, const char *at, size_t len)
@@ -95,13 +156,21 @@ int http_headers_field(struct http_header_list *l, const char *at, size_t len)
     if (l->in_value && headers_commit(l) != 0) {
         return -1;
     }
-    return buf_append(&l->name, at, len);
+    if (!l->pending) {
+        headers_begin(l);
+    }
+    return buf_append(&l->text, at, len);
 }
 
 int http_headers_value(struct http_header_list *l, const char *at, size_t len)
 {
-    l->in_value = 1;
-    return buf_append(&l->value, at, len);
+    if (!l->pending) {
+        headers_begin(l); /* a value with no name: refused at commit */
+    }
+    if (!l->in_value && headers_name_done(l) != 0) {
+        return -1;
+    }
+    return buf_append(&l->text, at, len);
 }
 
 int http_headers_end(struct http_header_list *l)
@@ -110,7 +179,7 @@ int http_headers_end(struct http_header_list *l)
     char *text;
     unsigned i;
 
-    if ((l->in_value || l->name.len > 0) && headers_commit(l) != 0) {
+    if (l->pending && headers_commit(l) != 0) {
         return -1;
     }
     if (l->items != NULL || l->n == 0) {
@@ -162,20 +231,17 @@ static void buf_keep_small(struct buf *b)
 
 void http_headers_clear(struct http_header_list *l)
 {
-    buf_keep_small(&l->name);
-    buf_keep_small(&l->value);
     buf_keep_small(&l->text);
     http_headers_free(l->items);
     l->items = NULL;
     l->n_items = 0;
     l->n = 0;
+    l->pending = 0;
     l->in_value = 0;
 }
 
 void http_headers_reset(struct http_header_list *l)
 {
-    buf_free(&l->name);
-    buf_free(&l->value);
     buf_free(&l->text);
     free(l->at);
     http_headers_free(l->items);

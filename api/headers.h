@@ -5,12 +5,15 @@
  * after a value ends the previous header. A completed header is checked
  * (a non-empty name of token characters, RFC 9110 §5.6.2, and no NUL in the
  * value), its name lower-cased and its value trimmed of blanks, and stored
- * appended to one text buffer as "name\0value\0". http_headers_end puts
- * the message's headers in ONE allocation: the http_header array followed
- * by the text, which the pointers point into. The buffers the pieces
- * gather in are kept from one message to the next (see
- * http_headers_clear), so a message costs one allocation for its headers,
- * not one per header. */
+ * appended to one text buffer as "name\0value\0". The pieces go straight
+ * into that buffer (the pending header is its tail), so each byte is
+ * copied once on the way in; the name is checked and lower-cased in
+ * place, and a value's leading blanks are skipped by offset, when the
+ * header completes. http_headers_end puts the message's headers in ONE
+ * allocation: the http_header array followed by the text, which the
+ * pointers point into. The text buffer and the offsets array are kept from
+ * one message to the next (see http_headers_clear), so a message costs one
+ * allocation for its headers, not one per header. */
 #ifndef CTXD_HEADERS_H
 #define CTXD_HEADERS_H
 
@@ -29,10 +32,14 @@ struct http_header_at
 
 struct http_header_list
 {
-    struct buf name;            /* name being received */
-    struct buf value;           /* value being received */
-    int in_value;               /* the last piece received was a value */
-    struct buf text;            /* completed headers, "name\0value\0" each */
+    struct buf text;            /* completed headers, "name\0value\0" each,
+                                   then the pending header's pieces */
+    int pending;                /* a header is being received: it starts
+                                   at text offset pend */
+    int in_value;               /* the last piece received was a value,
+                                   which starts at text offset pend_value */
+    size_t pend;                /* see pending */
+    size_t pend_value;          /* see in_value */
     struct http_header_at *at;  /* where each completed header is in text */
     unsigned n;                 /* completed headers */
     unsigned cap;               /* entries of at */
