@@ -205,11 +205,16 @@ static const struct
     X(ST_PROPS_GET, "SELECT name, value FROM properties WHERE sk = ?1"        \
                     " AND (expires_ms IS NULL OR expires_ms > ?2)"            \
                     " ORDER BY name")                                         \
-    X(ST_PROP_GET, "SELECT p.value FROM sessions s"                           \
+    X(ST_PROP_GET, "SELECT p.value, s.sk FROM sessions s"                     \
                    " JOIN properties p ON p.sk = s.sk"                        \
                    " WHERE s.acc = ?1 AND s.ns = ?2 AND s.sid = ?3"           \
                    " AND p.name = ?4"                                         \
                    " AND (p.expires_ms IS NULL OR p.expires_ms > ?5)")        \
+    X(ST_PROP_GET_BY_SK, "SELECT s.acc, s.ns, s.sid, p.value FROM sessions s" \
+                         " LEFT JOIN properties p ON p.sk = s.sk"             \
+                         " AND p.name = ?2"                                   \
+                         " AND (p.expires_ms IS NULL OR p.expires_ms > ?3)"   \
+                         " WHERE s.sk = ?1")                                  \
     X(ST_SESSION_IDS, "SELECT s.sk, s.sid FROM sessions s"                    \
                       " WHERE s.acc = ?1 AND s.ns = ?2 AND EXISTS"            \
                       " (SELECT 1 FROM properties p WHERE p.sk = s.sk"        \
@@ -1658,12 +1663,61 @@ int storage_props_get(struct storage *s, const struct cmd *where,
     return rc;
 }
 
+/* The property of where through the session hint (sk_slot): 1 when the
+ * session at sk is where's, with the value appended to out or
+ * STORAGE_ENOTFOUND in *status; 0 when the hint does not hold; a negative
+ * storage error when SQLite fails. Properties never hold SQL NULL, so a
+ * NULL value is a property that is absent or expired. */
+static int prop_get_by_sk(struct storage *s, const struct cmd *where,
+                          int64_t sk, uint64_t now_ms, struct buf *out,
+                          int *status)
+{
+    sqlite3_stmt *st = s->st[ST_PROP_GET_BY_SK];
+    int rc = sqlite3_bind_int64(st, 1, sk);
+    int held = 0;
+
+    if (rc == SQLITE_OK) {
+        rc = bind_f(st, 2, where->name);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(st, 3, u2i(now_ms));
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_ROW) {
+        rc = SQLITE_DONE;
+        held = same_blob(st, 0, where->acc) && same_blob(st, 1, where->ns) &&
+               same_blob(st, 2, sid_of(where));
+        if (held && sqlite3_column_type(st, 3) == SQLITE_NULL) {
+            *status = STORAGE_ENOTFOUND;
+        } else if (held) {
+            *status = buf_append(out, sqlite3_column_blob(st, 3),
+                                 (size_t)sqlite3_column_bytes(st, 3)) == 0
+                          ? 0
+                          : STORAGE_ENOMEM;
+        }
+    }
+    finish(st);
+    return rc == SQLITE_DONE ? held : -map_rc(rc);
+}
+
 int storage_prop_get(struct storage *s, const struct cmd *where,
                      uint64_t now_ms, struct buf *out)
 {
     sqlite3_stmt *st = s->st[ST_PROP_GET];
+    uint64_t hash;
+    struct sk_slot *k = sk_slot_of(s, where, &hash);
     int rc;
 
+    if (k->sk != 0 && k->hash == hash) {
+        int status = 0;
+
+        rc = prop_get_by_sk(s, where, k->sk, now_ms, out, &status);
+        if (rc != 0) {
+            return rc < 0 ? -rc : status;
+        }
+    }
     /* No namespace check: a property row implies its namespace row (see
      * sess_view_get), and either miss is ENOTFOUND. */
     rc = bind_where(st, where, 1);
@@ -1677,6 +1731,8 @@ int storage_prop_get(struct storage *s, const struct cmd *where,
         rc = sqlite3_step(st);
     }
     if (rc == SQLITE_ROW) {
+        k->hash = hash;
+        k->sk = sqlite3_column_int64(st, 1);
         rc = buf_append(out, sqlite3_column_blob(st, 0),
                         (size_t)sqlite3_column_bytes(st, 0)) == 0
                  ? 0

@@ -343,6 +343,40 @@ static void a_session_key_reused_after_a_delete_finds_the_right_session(
     buf_free(&out);
 }
 
+/* storage_prop_get reads through the same hint: a hint left pointing at
+ * an sk that another session now holds must not answer for it. */
+static void a_property_read_through_a_reused_session_key_is_the_right_one(
+    void **state)
+{
+    struct storage *s = *state;
+    struct cmd x = mk(0, "a", "n", "x");
+    struct cmd y = mk(0, "a", "n", "y");
+    struct buf out = BUF_INIT;
+
+    apply1(s, 1, T0, mk_put("a", "n", "x", "p", "1"));
+    x.name = B("p");
+    assert_int_equal(storage_prop_get(s, &x, T0, &out), 0);
+    assert_string_equal(out.base, "1");
+    x.name = B("q"); /* the hint holds; the property is absent */
+    assert_int_equal(storage_prop_get(s, &x, T0, &out), STORAGE_ENOTFOUND);
+    apply1(s, 2, T0, mk(CMD_NS_DELETE, "a", "n", NULL));
+    apply1(s, 3, T0, mk_put("a", "n", "y", "p", "3")); /* x's sk again */
+    x.name = B("p");
+    assert_int_equal(storage_prop_get(s, &x, T0, &out), STORAGE_ENOTFOUND);
+    y.name = B("p");
+    buf_reset(&out);
+    assert_int_equal(storage_prop_get(s, &y, T0, &out), 0);
+    assert_string_equal(out.base, "3");
+    apply1(s, 4, T0, mk_put("a", "n", "x", "p", "5"));
+    buf_reset(&out);
+    assert_int_equal(storage_prop_get(s, &x, T0, &out), 0);
+    assert_string_equal(out.base, "5");
+    buf_reset(&out);
+    assert_int_equal(storage_prop_get(s, &y, T0, &out), 0);
+    assert_string_equal(out.base, "3");
+    buf_free(&out);
+}
+
 /* --- PATCH / PROP_PUT / queries -------------------------------------------- */
 
 static void a_patch_creates_namespace_and_session_and_upserts(void **state)
@@ -569,6 +603,17 @@ static void a_namespace_ttl_expires_properties_written_after_it(void **state)
     assert_int_equal(t, T0 + 10000);
     assert_props(s, "a", "n", "s", T0 + 9999, "{\"p\":1}");
     assert_props(s, "a", "n", "s", T0 + 10000, "{}");
+    {
+        struct cmd w = mk(0, "a", "n", "s");
+        struct buf out = BUF_INIT;
+
+        w.name = B("p");
+        assert_int_equal(storage_prop_get(s, &w, T0 + 9999, &out), 0);
+        assert_string_equal(out.base, "1");
+        assert_int_equal(storage_prop_get(s, &w, T0 + 10000, &out),
+                         STORAGE_ENOTFOUND);
+        buf_free(&out);
+    }
 }
 
 static void a_session_ttl_overrides_the_namespace_ttl(void **state)
@@ -1721,6 +1766,7 @@ int main(void)
         T(ns_put_ttl_minus_one_keeps_and_zero_clears_the_ttl),
         T(ns_delete_removes_its_sessions_and_properties),
         T(a_session_key_reused_after_a_delete_finds_the_right_session),
+        T(a_property_read_through_a_reused_session_key_is_the_right_one),
         T(a_patch_creates_namespace_and_session_and_upserts),
         T(prop_get_returns_the_value_or_not_found),
         T(the_namespace_properties_are_the_default_session),
