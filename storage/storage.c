@@ -1596,6 +1596,16 @@ static int name_wanted(const struct cmd_bytes *names, size_t n_names,
     return 0;
 }
 
+/* Append column col of the current row (a stored value: exact JSON text).
+ * 0 or STORAGE_ENOMEM. */
+static int append_col(struct buf *out, sqlite3_stmt *st, int col)
+{
+    return buf_append(out, sqlite3_column_blob(st, col),
+                      (size_t)sqlite3_column_bytes(st, col)) == 0
+               ? 0
+               : STORAGE_ENOMEM;
+}
+
 /* Append the JSON object of the live properties of session sk (filtered
  * by names when non-NULL). */
 static int append_props(struct storage *s, int64_t sk,
@@ -1623,8 +1633,7 @@ static int append_props(struct storage *s, int64_t sk,
         if ((!first && buf_append_char(out, ',') != 0) ||
             buf_append_json_string(out, name, name_len) != 0 ||
             buf_append_char(out, ':') != 0 ||
-            buf_append(out, sqlite3_column_blob(st, 1),
-                       (size_t)sqlite3_column_bytes(st, 1)) != 0) {
+            append_col(out, st, 1) != 0) {
             rc = SQLITE_NOMEM;
             break;
         }
@@ -1692,10 +1701,7 @@ static int prop_get_by_sk(struct storage *s, const struct cmd *where,
         if (held && sqlite3_column_type(st, 3) == SQLITE_NULL) {
             *status = STORAGE_ENOTFOUND;
         } else if (held) {
-            *status = buf_append(out, sqlite3_column_blob(st, 3),
-                                 (size_t)sqlite3_column_bytes(st, 3)) == 0
-                          ? 0
-                          : STORAGE_ENOMEM;
+            *status = append_col(out, st, 3);
         }
     }
     finish(st);
@@ -1733,10 +1739,7 @@ int storage_prop_get(struct storage *s, const struct cmd *where,
     if (rc == SQLITE_ROW) {
         k->hash = hash;
         k->sk = sqlite3_column_int64(st, 1);
-        rc = buf_append(out, sqlite3_column_blob(st, 0),
-                        (size_t)sqlite3_column_bytes(st, 0)) == 0
-                 ? 0
-                 : STORAGE_ENOMEM;
+        rc = append_col(out, st, 0);
     } else if (rc == SQLITE_DONE) {
         rc = STORAGE_ENOTFOUND;
     } else {
