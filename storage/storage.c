@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -2056,6 +2057,18 @@ static ssize_t fd_read_all(int fd, void *p, size_t n)
     return (ssize_t)got;
 }
 
+/* Held by storage_image_read (a libuv worker) while it allocates or frees
+ * an image buffer, and by image_fork across fork(). A child gets only the
+ * forking thread, and the locks of every other thread stay taken in it:
+ * glibc's malloc takes its own locks around fork, but AddressSanitizer's
+ * allocator (GCC 12) does not, and a child forked while a worker was in
+ * malloc for an image of the same size class waited forever in its first
+ * allocation (sqlite3_serialize), which hung /admin/v1/backup in the ASan
+ * build (e2e_test_security, about one run in twenty). The workers' image
+ * buffers are the only allocations ctxd makes off the loop; the loop waits
+ * at most one malloc or free for this lock. */
+static pthread_mutex_t image_alloc_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* What a forked child sends: the whole database image, or its digest. */
 enum image_kind { IMAGE_SNAPSHOT, IMAGE_DIGEST };
 
@@ -2153,15 +2166,17 @@ static int image_fork(struct storage *s, enum image_kind kind,
     /* Not inherited by anything the node might exec. */
     (void)fcntl(fds[0], F_SETFD, FD_CLOEXEC);
     (void)fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    (void)pthread_mutex_lock(&image_alloc_lock);
     pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        image_child(s, kind, fds[1], parent);
+    }
+    (void)pthread_mutex_unlock(&image_alloc_lock);
     if (pid < 0) {
         close(fds[0]);
         close(fds[1]);
         return image_take(s, kind, &img->data, &img->len);
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        image_child(s, kind, fds[1], parent);
     }
     close(fds[1]);
     img->pid = (int)pid;
@@ -2265,7 +2280,9 @@ int storage_image_read(struct storage_image *img, void **data, size_t *len)
     if (n > IMAGE_MAX_BYTES || n > (uint64_t)SSIZE_MAX) {
         goto out;
     }
+    (void)pthread_mutex_lock(&image_alloc_lock);
     buf = malloc(n > 0 ? (size_t)n : 1);
+    (void)pthread_mutex_unlock(&image_alloc_lock);
     if (buf == NULL) {
         rv = STORAGE_ENOMEM;
         goto out;
@@ -2284,7 +2301,9 @@ out:
         rv = STORAGE_EINTERNAL;
     }
     if (rv != 0) {
+        (void)pthread_mutex_lock(&image_alloc_lock);
         free(buf);
+        (void)pthread_mutex_unlock(&image_alloc_lock);
         return rv;
     }
     *data = buf;
