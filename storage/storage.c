@@ -964,6 +964,14 @@ static int same_blob(sqlite3_stmt *st, int col, struct cmd_bytes f)
            (f.len == 0 || (p != NULL && memcmp(p, f.base, f.len) == 0));
 }
 
+/* Whether the row's columns col, col + 1 and col + 2 are c's (acc, ns,
+ * sid): how a session hint (sk_slot) is checked before it is trusted. */
+static int same_session(sqlite3_stmt *st, int col, const struct cmd *c)
+{
+    return same_blob(st, col, c->acc) && same_blob(st, col + 1, c->ns) &&
+           same_blob(st, col + 2, sid_of(c));
+}
+
 /* The session row at sk, when it is the session of c: 1 and v's session
  * columns filled, 0 when the row is another session's or absent. */
 static int sess_view_by_sk(struct storage *s, const struct cmd *c,
@@ -977,8 +985,7 @@ static int sess_view_by_sk(struct storage *s, const struct cmd *c,
         rc = sqlite3_step(st);
     }
     if (rc == SQLITE_ROW) {
-        found = same_blob(st, 5, c->acc) && same_blob(st, 6, c->ns) &&
-                same_blob(st, 7, sid_of(c));
+        found = same_session(st, 5, c);
         if (found) {
             view_session_cols(st, 0, v);
         }
@@ -1697,8 +1704,7 @@ static int prop_get_by_sk(struct storage *s, const struct cmd *where,
     }
     if (rc == SQLITE_ROW) {
         rc = SQLITE_DONE;
-        held = same_blob(st, 0, where->acc) && same_blob(st, 1, where->ns) &&
-               same_blob(st, 2, sid_of(where));
+        held = same_session(st, 0, where);
         if (held && sqlite3_column_type(st, 3) == SQLITE_NULL) {
             *status = STORAGE_ENOTFOUND;
         } else if (held) {
