@@ -51,9 +51,13 @@ static void headers_begin(struct http_header_list *l)
     l->pend = l->text.len;
 }
 
-/* End the pending header's name with its NUL; its value starts after. */
+/* End the pending header's name with its NUL, unless its value has
+ * begun; the value starts after it. */
 static int headers_name_done(struct http_header_list *l)
 {
+    if (l->in_value) {
+        return 0;
+    }
     if (buf_append_char(&l->text, '\0') != 0) {
         return -1;
     }
@@ -75,7 +79,7 @@ static int headers_commit(struct http_header_list *l)
     size_t lead = 0;
     size_t i;
 
-    if (!l->in_value && headers_name_done(l) != 0) {
+    if (headers_name_done(l) != 0) {
         goto fail;
     }
     name = l->text.base + l->pend;
@@ -167,7 +171,7 @@ int http_headers_value(struct http_header_list *l, const char *at, size_t len)
     if (!l->pending) {
         headers_begin(l); /* a value with no name: refused at commit */
     }
-    if (!l->in_value && headers_name_done(l) != 0) {
+    if (headers_name_done(l) != 0) {
         return -1;
     }
     return buf_append(&l->text, at, len);
