@@ -8,6 +8,11 @@ POST /v3/kv/range (linearizable, or "serializable": true) of key kK.
 
 Each run starts fresh servers in a temp dir, fills every key once, runs every
 cell (workload x connections) for --duration seconds, and stops the servers.
+By default a run does every cell on ctxd, then every cell on etcd. With
+--paired both clusters are up together and each cell runs on one system and
+right after on the other (ctxd first in odd runs, etcd first in even ones),
+so a slow spell of a shared machine hits both sides of a cell; the idle
+cluster's CPU while the other runs is printed.
 With --runs N the table shows the median of each figure over N runs. A cell
 with errors in any run gives no figure. CPU ms per request is utime+stime of
 the three server processes over the cell, divided by its requests.
@@ -32,52 +37,95 @@ WORKLOADS = [
 ]
 
 
-def run_ctxd(binary, conns, duration, threads, keys, vbytes):
-    work = tempfile.mkdtemp(prefix="ctxd-cmp-")
-    cl = None
-    out = {}
-    try:
-        cl = bl.Ctxd(binary, 3, work)
-        env = {"BENCH_KEY": cl.api_key(), "BENCH_ACC": bl.ACC, "BENCH_NS": bl.NS,
-               "BENCH_SESSIONS": str(keys), "BENCH_VALUE_BYTES": str(vbytes)}
-        leader = cl.leader_port()
-        follower = [p for p in cl.ports if p != leader][0]
-        bl.ctxd_fill(leader, env["BENCH_KEY"], keys, vbytes)
-        for c in conns:
-            for label, tgt, mode, cons, _, _, _ in WORKLOADS:
-                port = leader if tgt == "leader" else follower
-                e = dict(env, BENCH_CONSISTENCY=cons)
-                out[(label, c)] = bl.measured(
-                    cl.pids(), lambda: [bl.wrk(port, mode, c, threads, duration, e)])
-                progress("ctxd", label, c, out[(label, c)])
-    finally:
-        if cl is not None:
-            cl.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+class CtxdSide:
+    """A filled 3-node ctxd cluster and how to run one cell on it."""
+    name = "ctxd"
+
+    def __init__(self, binary, work, keys, vbytes):
+        self.cluster = bl.Ctxd(binary, 3, work)
+        try:
+            self.env = {"BENCH_KEY": self.cluster.api_key(), "BENCH_ACC": bl.ACC,
+                        "BENCH_NS": bl.NS, "BENCH_SESSIONS": str(keys),
+                        "BENCH_VALUE_BYTES": str(vbytes)}
+            self.leader = self.cluster.leader_port()
+            self.follower = [p for p in self.cluster.ports if p != self.leader][0]
+            bl.ctxd_fill(self.leader, self.env["BENCH_KEY"], keys, vbytes)
+        except BaseException:
+            self.cluster.stop()
+            raise
+
+    def pids(self):
+        return self.cluster.pids()
+
+    def cell(self, workload, c, threads, duration):
+        label, tgt, mode, cons, _, _, _ = workload
+        port = self.leader if tgt == "leader" else self.follower
+        e = dict(self.env, BENCH_CONSISTENCY=cons)
+        return bl.measured(self.pids(),
+                           lambda: [bl.wrk(port, mode, c, threads, duration, e)])
 
 
-def run_etcd(conns, duration, threads, keys, vbytes):
-    work = tempfile.mkdtemp(prefix="etcd-cmp-")
-    ec = None
+class EtcdSide:
+    """A filled 3-member etcd cluster and how to run one cell on it."""
+    name = "etcd"
+
+    def __init__(self, work, keys, vbytes):
+        self.cluster = bl.Etcd(work)
+        try:
+            self.env = {"BENCH_SESSIONS": str(keys), "BENCH_VALUE_BYTES": str(vbytes)}
+            self.leader = self.cluster.leader_port()
+            self.follower = [p for p in self.cluster.ports if p != self.leader][0]
+            bl.etcd_fill(self.leader, keys, vbytes)
+        except BaseException:
+            self.cluster.stop()
+            raise
+
+    def pids(self):
+        return self.cluster.pids()
+
+    def cell(self, workload, c, threads, duration):
+        label, _, _, _, tgt, mode, ser = workload
+        port = self.leader if tgt == "leader" else self.follower
+        e = dict(self.env, BENCH_SERIALIZABLE="1" if ser else "0")
+        return bl.measured(self.pids(), lambda: [bl.wrk(port, mode, c, threads, duration, e,
+                                                        lua=bl.ETCD_LUA)])
+
+
+def run_sides(makers, conns, duration, threads):
+    """Start the sides (each maker takes a work dir and returns a side),
+    then run every cell on each side in turn: a side alone runs all its
+    cells; two sides (--paired) run each cell on one and at once on the
+    other, in the order given, so that a slow spell of the machine, which
+    lasts about a minute here, falls on both figures of a cell instead of
+    on one system's whole run. The side not measured idles meanwhile; its
+    CPU is added up and printed."""
+    work = tempfile.mkdtemp(prefix="cmp-")
+    sides = []
     out = {}
+    idle = {}  # side name: [ticks, seconds]
     try:
-        ec = bl.Etcd(work)
-        env = {"BENCH_SESSIONS": str(keys), "BENCH_VALUE_BYTES": str(vbytes)}
-        leader = ec.leader_port()
-        follower = [p for p in ec.ports if p != leader][0]
-        bl.etcd_fill(leader, keys, vbytes)
+        for i, make in enumerate(makers):
+            sides.append(make(os.path.join(work, str(i))))
+            out[sides[-1].name] = {}
+            idle[sides[-1].name] = [0, 0.0]
         for c in conns:
-            for label, _, _, _, tgt, mode, ser in WORKLOADS:
-                port = leader if tgt == "leader" else follower
-                e = dict(env, BENCH_SERIALIZABLE="1" if ser else "0")
-                out[(label, c)] = bl.measured(
-                    ec.pids(), lambda: [bl.wrk(port, mode, c, threads, duration, e,
-                                               lua=bl.ETCD_LUA)])
-                progress("etcd", label, c, out[(label, c)])
+            for w in WORKLOADS:
+                for side in sides:
+                    others = [o for o in sides if o is not side]
+                    t0 = [bl.cpu_ticks(o.pids()) for o in others]
+                    w0 = time.monotonic()
+                    r = out[side.name][(w[0], c)] = side.cell(w, c, threads, duration)
+                    for o, t in zip(others, t0):
+                        idle[o.name][0] += bl.cpu_ticks(o.pids()) - t
+                        idle[o.name][1] += time.monotonic() - w0
+                    progress(side.name, w[0], c, r)
+        if len(sides) > 1:
+            for name, (ticks, secs) in idle.items():
+                sys.stderr.write("  idle %s: %.1f %% of one core while the other ran\n"
+                                 % (name, 100.0 * ticks / bl.CLK_TCK / max(secs, 1e-9)))
     finally:
-        if ec is not None:
-            ec.stop()
+        for side in sides:
+            side.cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -134,12 +182,25 @@ def main(args):
     binary = args.bin or bl.build()
     runs = []
     t0 = time.monotonic()
+
+    def ctxd(work):
+        return CtxdSide(binary, work, args.sessions, args.value_bytes)
+
+    def etcd(work):
+        return EtcdSide(work, args.sessions, args.value_bytes)
+
     for i in range(args.runs):
-        sys.stderr.write("run %d/%d: ctxd\n" % (i + 1, args.runs))
-        c = run_ctxd(binary, conns, duration, args.threads, args.sessions, args.value_bytes)
-        sys.stderr.write("run %d/%d: etcd\n" % (i + 1, args.runs))
-        e = run_etcd(conns, duration, args.threads, args.sessions, args.value_bytes)
-        runs.append({"ctxd": c, "etcd": e})
+        if args.paired:
+            makers = [ctxd, etcd] if i % 2 == 0 else [etcd, ctxd]
+            sys.stderr.write("run %d/%d: paired, %s first in each cell\n"
+                             % (i + 1, args.runs, "ctxd" if i % 2 == 0 else "etcd"))
+            runs.append(run_sides(makers, conns, duration, args.threads))
+            continue
+        r = {}
+        for make in (ctxd, etcd):
+            sys.stderr.write("run %d/%d: %s\n" % (i + 1, args.runs, make.__name__))
+            r.update(run_sides([make], conns, duration, args.threads))
+        runs.append(r)
     print_table(runs, conns)
     print("total %.0f s" % (time.monotonic() - t0))
     if args.json:
