@@ -7,8 +7,10 @@
  * each block must convert its extent, a journal commit on every O_DSYNC
  * append. And RWF_NOWAIT refuses that write with EAGAIN, so libraft submits
  * it a second time from a worker thread, a loop turn later. Measured in
- * docs/performance.md (thirteenth run): that path held every append of the
- * leader, and writes to blocks already written are plain overwrites.
+ * docs/performance.md: that path held every append of the leader (twelfth
+ * run), and when the disk is slow each conversion costs a journal write
+ * and a flush (thirteenth run). Writes to blocks already written are plain
+ * overwrites.
  *
  * libraft has no setting for this, and it is its only caller of
  * posix_fallocate in the process (SQLite is in memory; libuv and ctxd
@@ -98,7 +100,7 @@ static int fill(int fd, off_t offset, off_t len)
     }
     /* Within the file (all of it for a descriptor in append mode, whose
      * writes ignore their offset): allocate, keeping what it holds. */
-    inside_end = end < st.st_size || (flags & O_APPEND) ? end : st.st_size;
+    inside_end = (end < st.st_size || (flags & O_APPEND)) ? end : st.st_size;
     if (offset < inside_end &&
         fallocate(fd, 0, offset, inside_end - offset) != 0) {
         return errno;
