@@ -37,58 +37,68 @@ WORKLOADS = [
 ]
 
 
-class CtxdSide:
-    """A filled 3-node ctxd cluster and how to run one cell on it."""
+class Side:
+    """A filled 3-member cluster of one system and how to run one cell on
+    it. A subclass gives its name, the environment of its wrk script
+    (base_env), how to fill it (fill) and a workload's target, mode, extra
+    environment and script (parts)."""
+
+    def __init__(self, cluster, keys, vbytes):
+        self.cluster = cluster
+        try:
+            self.env = self.base_env(keys, vbytes)
+            self.leader = cluster.leader_port()
+            self.follower = [p for p in cluster.ports if p != self.leader][0]
+            self.fill(keys, vbytes)
+        except BaseException:
+            cluster.stop()
+            raise
+
+    def pids(self):
+        return self.cluster.pids()
+
+    def cell(self, workload, c, threads, duration):
+        tgt, mode, extra, lua = self.parts(workload)
+        port = self.leader if tgt == "leader" else self.follower
+        e = dict(self.env, **extra)
+        return bl.measured(self.pids(), lambda: [bl.wrk(port, mode, c, threads, duration, e,
+                                                        lua=lua)])
+
+
+class CtxdSide(Side):
     name = "ctxd"
 
     def __init__(self, binary, work, keys, vbytes):
-        self.cluster = bl.Ctxd(binary, 3, work)
-        try:
-            self.env = {"BENCH_KEY": self.cluster.api_key(), "BENCH_ACC": bl.ACC,
-                        "BENCH_NS": bl.NS, "BENCH_SESSIONS": str(keys),
-                        "BENCH_VALUE_BYTES": str(vbytes)}
-            self.leader = self.cluster.leader_port()
-            self.follower = [p for p in self.cluster.ports if p != self.leader][0]
-            bl.ctxd_fill(self.leader, self.env["BENCH_KEY"], keys, vbytes)
-        except BaseException:
-            self.cluster.stop()
-            raise
+        super().__init__(bl.Ctxd(binary, 3, work), keys, vbytes)
 
-    def pids(self):
-        return self.cluster.pids()
+    def base_env(self, keys, vbytes):
+        return {"BENCH_KEY": self.cluster.api_key(), "BENCH_ACC": bl.ACC,
+                "BENCH_NS": bl.NS, "BENCH_SESSIONS": str(keys),
+                "BENCH_VALUE_BYTES": str(vbytes)}
 
-    def cell(self, workload, c, threads, duration):
-        label, tgt, mode, cons, _, _, _ = workload
-        port = self.leader if tgt == "leader" else self.follower
-        e = dict(self.env, BENCH_CONSISTENCY=cons)
-        return bl.measured(self.pids(),
-                           lambda: [bl.wrk(port, mode, c, threads, duration, e)])
+    def fill(self, keys, vbytes):
+        bl.ctxd_fill(self.leader, self.env["BENCH_KEY"], keys, vbytes)
+
+    def parts(self, workload):
+        _, tgt, mode, cons, _, _, _ = workload
+        return tgt, mode, {"BENCH_CONSISTENCY": cons}, bl.LUA
 
 
-class EtcdSide:
-    """A filled 3-member etcd cluster and how to run one cell on it."""
+class EtcdSide(Side):
     name = "etcd"
 
     def __init__(self, work, keys, vbytes):
-        self.cluster = bl.Etcd(work)
-        try:
-            self.env = {"BENCH_SESSIONS": str(keys), "BENCH_VALUE_BYTES": str(vbytes)}
-            self.leader = self.cluster.leader_port()
-            self.follower = [p for p in self.cluster.ports if p != self.leader][0]
-            bl.etcd_fill(self.leader, keys, vbytes)
-        except BaseException:
-            self.cluster.stop()
-            raise
+        super().__init__(bl.Etcd(work), keys, vbytes)
 
-    def pids(self):
-        return self.cluster.pids()
+    def base_env(self, keys, vbytes):
+        return {"BENCH_SESSIONS": str(keys), "BENCH_VALUE_BYTES": str(vbytes)}
 
-    def cell(self, workload, c, threads, duration):
-        label, _, _, _, tgt, mode, ser = workload
-        port = self.leader if tgt == "leader" else self.follower
-        e = dict(self.env, BENCH_SERIALIZABLE="1" if ser else "0")
-        return bl.measured(self.pids(), lambda: [bl.wrk(port, mode, c, threads, duration, e,
-                                                        lua=bl.ETCD_LUA)])
+    def fill(self, keys, vbytes):
+        bl.etcd_fill(self.leader, keys, vbytes)
+
+    def parts(self, workload):
+        _, _, _, _, tgt, mode, ser = workload
+        return tgt, mode, {"BENCH_SERIALIZABLE": "1" if ser else "0"}, bl.ETCD_LUA
 
 
 def run_sides(makers, conns, duration, threads):
