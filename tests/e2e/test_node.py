@@ -376,18 +376,20 @@ class NodeProcess(NodeTestCase):
         key = self.account(n)
         c = self.client(n, key)
         self.assertEqual(c.put("/v1/account/acme/ns/s/properties/p", {"v": 1}).status, 204)
+        raft_dir = os.path.join(n.data_dir, "raft")
         deadline = time.monotonic() + 10
         segments = []
         while time.monotonic() < deadline:
-            raft_dir = os.path.join(n.data_dir, "raft")
+            # A segment being prepared grows as its zeros are written.
             segments = [os.path.join(raft_dir, f) for f in os.listdir(raft_dir)
                         if f.startswith("open-")]
-            if len(segments) >= 2:
+            if len(segments) >= 2 and all(os.path.getsize(p) >= 1024 * 1024
+                                          for p in segments):
                 break
             time.sleep(0.05)
-        self.assertGreaterEqual(len(segments), 2, "libraft prepared no segments")
+        else:
+            self.fail("libraft prepared no full segments: %r" % segments)
         for path in segments:
-            self.assertGreater(os.path.getsize(path), 1024 * 1024)
             found = unwritten_extents(path)
             if found is None:
                 self.skipTest("FIEMAP unsupported on this file system")
