@@ -290,6 +290,39 @@ struct sk_slot
     int64_t sk;    /* 0: empty (rowids start at 1) */
 };
 
+/* The session rows that writes found, so that the next write to a session
+ * skips its lookup (a quarter of an applied write's instructions). Unlike
+ * a hint, a slot is trusted: it answers an If-Match, a document limit and
+ * an expiry, so a stale one would make this node decide otherwise than
+ * its peers. So a slot holds its whole key (acc, ns and sid, when they fit
+ * in ROW_CACHE_KEY bytes), op_write updates it with exactly what its own
+ * statements change, and a slot is valid while its generation is the
+ * storage's: every other command, every rollback and a restore bump the
+ * generation (row_cache_clear), which empties the cache at once; expired
+ * properties deleted by a write (a trigger changes the session's counts)
+ * empty that slot. A slot is used only while the namespace slot of its
+ * session holds too, and a failed entry and a restore empty those as well,
+ * so those two paths are guarded twice. Direct-mapped by the same hash as
+ * the hints. test_storage: the_row_cache_never_changes_an_outcome applies
+ * random entries to a storage that keeps its slots and to one that starts
+ * every entry without, and compares every result and the state. */
+#define ROW_CACHE_SLOTS 32768u
+#define ROW_CACHE_KEY 96
+
+struct row_slot
+{
+    uint64_t gen; /* valid while = storage's row_gen; 0: empty */
+    int64_t sk;
+    int64_t ttl; /* the session's TTL in seconds, 0 when none */
+    uint64_t version;
+    uint64_t doc_count;
+    uint64_t doc_bytes;
+    uint8_t acc_len; /* key = acc bytes, ns bytes, then sid bytes */
+    uint8_t ns_len;
+    uint8_t sid_len;
+    unsigned char key[ROW_CACHE_KEY];
+};
+
 struct storage
 {
     sqlite3 *db;                    /* owned; private in-memory database */
@@ -311,6 +344,8 @@ struct storage
                                        op_write */
     uint64_t ns_gen;                /* see struct ns_slot; never 0 */
     struct sk_slot *sk_cache;       /* owned; SK_CACHE_SLOTS slots */
+    uint64_t row_gen;               /* see struct row_slot; never 0 */
+    struct row_slot *row_cache;     /* owned; ROW_CACHE_SLOTS slots */
     struct ns_slot ns_cache[NS_CACHE_SLOTS];
 };
 
@@ -590,8 +625,10 @@ int storage_open(struct storage **out)
     s->keys_generation = 1;
     s->expiry_floor = INT64_MAX; /* empty: nothing expires */
     s->ns_gen = 1;
+    s->row_gen = 1;
     s->sk_cache = calloc(SK_CACHE_SLOTS, sizeof *s->sk_cache);
-    if (s->sk_cache == NULL) {
+    s->row_cache = calloc(ROW_CACHE_SLOTS, sizeof *s->row_cache);
+    if (s->sk_cache == NULL || s->row_cache == NULL) {
         rc = STORAGE_ENOMEM;
         goto err_after_alloc;
     }
@@ -615,6 +652,7 @@ int storage_open(struct storage **out)
 err_after_db_open:
     sqlite3_close(s->db);
 err_after_alloc:
+    free(s->row_cache);
     free(s->sk_cache);
     free(s);
     return rc;
@@ -628,6 +666,7 @@ void storage_close(struct storage *s)
     }
     stmts_finalize(s->st);
     sqlite3_close(s->db);
+    free(s->row_cache);
     free(s->sk_cache);
     free(s);
 }
@@ -1046,6 +1085,88 @@ static int sess_view_get(struct storage *s, const struct cmd *c,
     return 0;
 }
 
+static struct row_slot *row_slot_of(struct storage *s, const struct cmd *c,
+                                    uint64_t hash)
+{
+    if ((size_t)c->acc.len + c->ns.len + sid_of(c).len > ROW_CACHE_KEY) {
+        return NULL;
+    }
+    return &s->row_cache[hash % ROW_CACHE_SLOTS];
+}
+
+static int row_slot_holds(const struct storage *s, const struct row_slot *r,
+                          const struct cmd *c)
+{
+    struct cmd_bytes sid = sid_of(c);
+    const unsigned char *k = r->key;
+
+    return r->gen == s->row_gen && r->acc_len == c->acc.len &&
+           r->ns_len == c->ns.len && r->sid_len == sid.len &&
+           memcmp(k, c->acc.base, c->acc.len) == 0 &&
+           memcmp(k + c->acc.len, c->ns.base, c->ns.len) == 0 &&
+           memcmp(k + c->acc.len + c->ns.len, sid.base, sid.len) == 0;
+}
+
+/* r holds c's session row as v has it. */
+static void row_slot_fill(struct storage *s, struct row_slot *r,
+                          const struct cmd *c, const struct sess_view *v)
+{
+    struct cmd_bytes sid = sid_of(c);
+
+    r->gen = s->row_gen;
+    r->sk = v->sk;
+    r->ttl = v->sess_ttl;
+    r->version = v->version;
+    r->doc_count = v->doc_count;
+    r->doc_bytes = v->doc_bytes;
+    r->acc_len = (uint8_t)c->acc.len;
+    r->ns_len = (uint8_t)c->ns.len;
+    r->sid_len = (uint8_t)sid.len;
+    memcpy(r->key, c->acc.base, c->acc.len);
+    memcpy(r->key + c->acc.len, c->ns.base, c->ns.len);
+    memcpy(r->key + c->acc.len + c->ns.len, sid.base, sid.len);
+}
+
+/* Before anything but op_write's own statements may change a session row,
+ * and after any rollback. */
+static void row_cache_clear(struct storage *s)
+{
+    s->row_gen++;
+}
+
+/* sess_view_get for op_write: from c's row slot when it holds the session
+ * and the namespace slot holds its namespace, else from the database,
+ * keeping the row in the slot. *r is c's row slot, NULL when its key is
+ * too long to keep. */
+static int sess_view_write(struct storage *s, const struct cmd *c,
+                           struct sess_view *v, struct row_slot **r)
+{
+    struct ns_slot *e = ns_slot_of(s, c);
+    uint64_t hash;
+    int rc;
+
+    (void)sk_slot_of(s, c, &hash);
+    *r = row_slot_of(s, c, hash);
+    if (*r != NULL && e != NULL && ns_slot_holds(s, e, c) &&
+        row_slot_holds(s, *r, c)) {
+        memset(v, 0, sizeof *v);
+        v->ns_exists = 1;
+        v->ns_ttl = e->ttl;
+        v->sess_exists = 1;
+        v->sk = (*r)->sk;
+        v->sess_ttl = (*r)->ttl;
+        v->version = (*r)->version;
+        v->doc_count = (*r)->doc_count;
+        v->doc_bytes = (*r)->doc_bytes;
+        return 0;
+    }
+    rc = sess_view_get(s, c, v);
+    if (rc == 0 && *r != NULL && v->sess_exists) {
+        row_slot_fill(s, *r, c, v);
+    }
+    return rc;
+}
+
 /* Open the command's savepoint (apply_one releases it). */
 static int savepoint_open(struct storage *s, struct apply_ctx *a)
 {
@@ -1070,6 +1191,7 @@ static int op_write(struct storage *s, struct apply_ctx *a,
 {
     sqlite3_stmt *st;
     struct sess_view v;
+    struct row_slot *r;
     int64_t expires = 0;
     uint64_t size = 0;
     uint64_t add_n;
@@ -1078,7 +1200,7 @@ static int op_write(struct storage *s, struct apply_ctx *a,
     int may_overflow;
     int rc;
 
-    rc = sess_view_get(s, c, &v);
+    rc = sess_view_write(s, c, &v, &r);
     if (rc != 0) {
         return rc;
     }
@@ -1127,6 +1249,9 @@ static int op_write(struct storage *s, struct apply_ctx *a,
         if (rc != 0) {
             return rc;
         }
+        if (r != NULL && sqlite3_changes(s->db) > 0) {
+            r->gen = 0; /* the trigger changed the session's counts */
+        }
     }
     /* Lowered even if this command is rolled back: it stays a lower
      * bound. */
@@ -1139,6 +1264,11 @@ static int op_write(struct storage *s, struct apply_ctx *a,
      * the new version and the document's change. */
     if (!v.sess_exists) {
         rc = sess_new(s, a, c, &v.sk);
+        if (rc == 0 && r != NULL) {
+            v.sess_exists = 1; /* the row as sess_new inserted it */
+            v.version = a->index;
+            row_slot_fill(s, r, c, &v);
+        }
     }
     if (rc == 0 && one_name != NULL) {
         rc = prop_put(s, v.sk, *one_name, *one_value, expires, doc);
@@ -1164,6 +1294,11 @@ static int op_write(struct storage *s, struct apply_ctx *a,
             rc = sqlite3_bind_int64(st, 4, doc[1]);
         }
         rc = run(st, rc);
+        if (rc == 0 && r != NULL && row_slot_holds(s, r, c)) {
+            r->version = a->index;
+            r->doc_count = (uint64_t)((int64_t)r->doc_count + doc[0]);
+            r->doc_bytes = (uint64_t)((int64_t)r->doc_bytes + doc[1]);
+        }
     }
     if (rc == 0 && may_overflow) {
         rc = doc_size(s, v.sk, &size);
@@ -1359,6 +1494,7 @@ static int apply_one(struct storage *s, struct apply_ctx *a,
      * refused after a change (see op_write). */
     a->savepoint = 0;
     if (c->op != CMD_PATCH && c->op != CMD_PROP_PUT) {
+        row_cache_clear(s); /* only op_write keeps the row slots true */
         rc = savepoint_open(s, a);
         if (rc != 0) {
             return rc;
@@ -1373,6 +1509,7 @@ static int apply_one(struct storage *s, struct apply_ctx *a,
         if (a->savepoint) {
             /* The write may have created its namespace, which no slot
              * holds yet: it was looked up before (sess_view_get). */
+            row_cache_clear(s);
             rc = run(s->st[ST_ROLLBACK_TO], SQLITE_OK);
             if (rc != 0) {
                 return rc;
@@ -1478,6 +1615,7 @@ int storage_apply(struct storage *s, uint64_t index, const void *entry,
 err_after_begin:
     /* Fails harmlessly when SQLite already rolled back on its own. */
     ns_cache_clear(s); /* an earlier command may have changed one */
+    row_cache_clear(s);
     run(s->st[ST_ROLLBACK], SQLITE_OK);
 err_after_alloc:
     free(res);
@@ -2487,6 +2625,8 @@ int storage_restore(struct storage *s, const void *data, size_t len)
     expiry_floor_refresh(&fresh);
     fresh.ns_gen = s->ns_gen + 1; /* fresh's slots are all generation 0 */
     fresh.sk_cache = s->sk_cache; /* hints only: kept (see sk_slot) */
+    fresh.row_gen = s->row_gen + 1; /* every row slot is stale */
+    fresh.row_cache = s->row_cache;
     stmts_finalize(s->st);
     sqlite3_close(s->db);
     *s = fresh;

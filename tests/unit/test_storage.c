@@ -1306,6 +1306,248 @@ static void fill(struct storage *s)
     apply1(s, 3, T0 + 60000, mk_put("a", "n", "t", "x", "\"y\""));
 }
 
+/* --- The row cache -------------------------------------------------------- */
+
+/* A small deterministic generator, so that a failure repeats. */
+static uint64_t rnd_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* A storage whose every entry starts with no row slot filled: reopened
+ * from its own snapshot before each entry. */
+static struct storage *reopened(struct storage *s)
+{
+    struct storage *fresh;
+    void *img;
+    size_t len;
+
+    assert_int_equal(storage_snapshot(s, &img, &len), 0);
+    assert_int_equal(storage_open(&fresh), 0);
+    assert_int_equal(storage_restore(fresh, img, len), 0);
+    free(img);
+    storage_close(s);
+    return fresh;
+}
+
+/* One random command over 2 namespaces x 5 sessions (the namespace's own
+ * among them): writes with and without If-Match, values large enough to
+ * reach the document limit, removals, TTLs, namespace changes, purges.
+ * big is a value of half the document limit; pairs backs a PATCH. */
+static struct cmd random_cmd(uint64_t *x, uint64_t index, const char *big,
+                             struct buf *pairs)
+{
+    static const char *const nss[] = {"n0", "n1"};
+    static const char *const sids[] = {"s0", "s1", "s2", "s3", NULL};
+    static const char *const names[] = {"p", "q", "r"};
+    static const char *const small[] = {"1", "\"two\"", "[3]"};
+    uint64_t r = rnd_next(x);
+    const char *ns = nss[r % 2];
+    const char *sid = sids[(r >> 8) % 5];
+    const char *name = names[(r >> 16) % 3];
+    const char *value = (r >> 24) % 8 == 0 ? big : small[(r >> 28) % 3];
+    unsigned kind = (unsigned)((r >> 32) % 100);
+    struct cmd c;
+
+    if (kind < 45) {
+        c = mk_put("a", ns, sid, name, value);
+    } else if (kind < 60) {
+        c = mk(CMD_PATCH, "a", ns, sid);
+        buf_reset(pairs);
+        assert_int_equal(cmd_props_add(pairs, name, 1, value, strlen(value)),
+                         0);
+        assert_int_equal(cmd_props_add(pairs, "z", 1, "0", 1), 0);
+        c.n_props = 2;
+        c.props.base = pairs->base;
+        c.props.len = (uint32_t)pairs->len;
+    } else if (kind < 70) {
+        c = mk(CMD_PROP_DELETE, "a", ns, sid);
+        c.name = B(name);
+    } else if (kind < 75) {
+        c = mk(CMD_SESSION_CLEAR, "a", ns, sid);
+    } else if (kind < 85) {
+        c = mk(CMD_SESSION_TTL, "a", ns, sid);
+        c.ttl = (int64_t)((r >> 40) % 4); /* 0: none */
+    } else if (kind < 92) {
+        c = mk(CMD_NS_PUT, "a", ns, NULL);
+        c.ttl = (int64_t)((r >> 40) % 5) - 1; /* -1 keeps, 0 clears */
+    } else if (kind < 95) {
+        c = mk(CMD_NS_DELETE, "a", ns, NULL);
+    } else {
+        c = mk(CMD_PURGE, "", "", NULL);
+    }
+    /* If-Match the index of one of the last few entries: some match. */
+    if (kind < 75 && (r >> 48) % 3 == 0) {
+        uint64_t back = 1 + (r >> 50) % 4;
+
+        c.has_if_match = 1;
+        c.if_match = index > back ? index - back : 0;
+    }
+    return c;
+}
+
+/* The row slots change how a write finds its session, never what it
+ * decides: two storages apply the same random entries, one keeping its
+ * slots from entry to entry, the other starting every entry with none;
+ * every result and the state are the same. */
+static void the_row_cache_never_changes_an_outcome(void **state)
+{
+    struct storage *warm = *state;
+    struct storage *cold;
+    size_t big_len = STORAGE_DOC_MAX / 2;
+    char *big = malloc(big_len + 1);
+    struct buf pairs[4] = {BUF_INIT, BUF_INIT, BUF_INIT, BUF_INIT};
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    uint64_t time = T0;
+    uint64_t index;
+    unsigned refused = 0;
+    unsigned matched = 0;
+    size_t i;
+
+    assert_non_null(big);
+    memset(big, '7', big_len);
+    big[big_len] = '\0';
+    assert_int_equal(storage_open(&cold), 0);
+    for (index = 1; index <= 1000; index++) {
+        struct cmd c[4];
+        struct storage_result rw[4];
+        struct storage_result rc[4];
+        size_t n = 1 + rnd_next(&x) % 4;
+
+        for (i = 0; i < n; i++) {
+            c[i] = random_cmd(&x, index, big, &pairs[i]);
+        }
+        time += rnd_next(&x) % 1500;
+        cold = reopened(cold);
+        apply_n(warm, index, time, c, n, rw);
+        apply_n(cold, index, time, c, n, rc);
+        for (i = 0; i < n; i++) {
+            assert_int_equal(rw[i].status, rc[i].status);
+            assert_int_equal(rw[i].index, rc[i].index);
+            refused += rw[i].status == STORAGE_ETOOLARGE;
+            matched += c[i].has_if_match && rw[i].status == STORAGE_OK;
+        }
+        if (index % 100 == 0) {
+            assert_same_state(warm, cold);
+        }
+    }
+    assert_same_state(warm, cold);
+    /* The sequence reached the paths it is meant to cover. */
+    assert_true(refused > 0);
+    assert_true(matched > 0);
+    for (i = 0; i < 4; i++) {
+        buf_free(&pairs[i]);
+    }
+    storage_close(cold);
+    free(big);
+}
+
+/* A write refused after it changed the session row (over the document
+ * limit) is rolled back, and so is what its row slot learned. */
+static void a_refused_write_leaves_no_trace_in_the_row_slot(void **state)
+{
+    struct storage *s = *state;
+    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
+    char *value = malloc(big + 1);
+    struct cmd c = mk_put("a", "n", "s", "p", "3");
+
+    assert_non_null(value);
+    memset(value, '1', big);
+    value[big] = '\0';
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "2")); /* through the slot */
+    assert_int_equal(apply1_status(s, 3, T0, mk_put("a", "n", "s", "q", value)),
+                     STORAGE_ETOOLARGE);
+    c.has_if_match = 1;
+    c.if_match = 2; /* the version is still the second write's */
+    assert_int_equal(apply1_status(s, 4, T0, c), STORAGE_OK);
+    free(value);
+}
+
+/* The row slot counts what each write adds, so the next write still sees
+ * how close the document is to its limit. */
+static void the_row_slot_counts_every_write(void **state)
+{
+    struct storage *s = *state;
+    size_t half = STORAGE_DOC_MAX / 2;
+    char *value = malloc(half + 1);
+
+    assert_non_null(value);
+    memset(value, '1', half);
+    value[half] = '\0';
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    apply1(s, 2, T0, mk_put("a", "n", "s", "q", value));
+    assert_int_equal(apply1_status(s, 3, T0, mk_put("a", "n", "s", "r", value)),
+                     STORAGE_ETOOLARGE);
+    free(value);
+}
+
+/* A restore replaces every session row: no slot of before is used. */
+static void a_restore_empties_the_row_slots(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c = mk_put("a", "n", "s", "p", "4");
+    void *img;
+    size_t len;
+
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "2"));
+    assert_int_equal(storage_snapshot(s, &img, &len), 0);
+    apply1(s, 3, T0, mk_put("a", "n", "s", "p", "3"));
+    assert_int_equal(storage_restore(s, img, len), 0);
+    c.has_if_match = 1;
+    c.if_match = 2; /* the image's version */
+    assert_int_equal(apply1_status(s, 3, T0, c), STORAGE_OK);
+    free(img);
+}
+
+/* An entry that fails part way is rolled back whole, and so is what the
+ * row slots learned from its first commands. */
+static void a_failed_entry_leaves_no_trace_in_the_row_slots(void **state)
+{
+    struct storage *s = *state;
+    struct cmd c[2] = {mk_put("a", "n", "s", "p", "x"),
+                       mk_put("a", "n", "s", "q", "y")};
+    struct buf e = BUF_INIT;
+    struct storage_result *r = NULL;
+    uint32_t nr = 0;
+    uint64_t version = 2;
+    uint64_t index = 3;
+    unsigned long k;
+    int failed = 0;
+    int rc = -1;
+
+    if (!sqlmem_fail_at(0)) {
+        skip();
+    }
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "2")); /* through the slot */
+    build_entry(&e, T0, c, 2);
+    for (k = 1; k < 100000; k++) {
+        struct cmd w = mk_put("a", "n", "s", "p", "3");
+
+        assert_int_equal(sqlmem_fail_at(k), 1);
+        rc = storage_apply(s, index, e.base, e.len, &r, &nr);
+        (void)sqlmem_fail_at(0);
+        if (rc == 0) {
+            break;
+        }
+        assert_int_equal(rc, STORAGE_ENOMEM);
+        failed++;
+        w.has_if_match = 1;
+        w.if_match = version; /* the failed entry changed no version */
+        assert_int_equal(apply1_status(s, index, T0, w), STORAGE_OK);
+        version = index++;
+    }
+    assert_int_equal(rc, 0);
+    assert_true(failed > 1); /* it failed after the first command too */
+    free(r);
+    buf_free(&e);
+}
+
 static void a_snapshot_restores_to_the_same_state(void **state)
 {
     struct storage *s = *state;
@@ -1801,6 +2043,11 @@ int main(void)
         T(session_ids_are_sorted_paged_and_live_only),
         T(session_props_lists_each_session_document),
         T(node_info_is_upserted_and_looked_up),
+        T(the_row_cache_never_changes_an_outcome),
+        T(a_refused_write_leaves_no_trace_in_the_row_slot),
+        T(the_row_slot_counts_every_write),
+        T(a_restore_empties_the_row_slots),
+        T(a_failed_entry_leaves_no_trace_in_the_row_slots),
         T(a_snapshot_restores_to_the_same_state),
         T(a_forked_image_is_the_state_at_the_fork),
         T(restoring_bad_bytes_fails_and_keeps_the_old_state),
