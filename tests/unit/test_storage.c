@@ -128,6 +128,17 @@ static void assert_props(struct storage *s, const char *acc, const char *ns,
     buf_free(&out);
 }
 
+/* A JSON number of n digits, NUL-terminated (freed by the caller). */
+static char *digits(size_t n)
+{
+    char *v = malloc(n + 1);
+
+    assert_non_null(v);
+    memset(v, '1', n);
+    v[n] = '\0';
+    return v;
+}
+
 static void digest_of(struct storage *s, uint8_t d[32])
 {
     assert_int_equal(storage_digest(s, d), 0);
@@ -757,15 +768,12 @@ static void a_document_over_the_limit_is_refused_and_changes_nothing(void **stat
 {
     struct storage *s = *state;
     size_t big = STORAGE_DOC_MAX - 2 - 3 - 1; /* {"p":<value>} exactly max */
-    char *value = malloc(big + 1);
+    char *value = digits(big);
     struct cmd c;
     char *before;
     char *after;
     struct storage_result r;
 
-    assert_non_null(value);
-    memset(value, '1', big);
-    value[big] = '\0';
     c = mk_put("a", "n", "s", "p", value);
     assert_int_equal(apply1_status(s, 1, T0, c), STORAGE_OK);
 
@@ -800,14 +808,11 @@ static void every_removal_frees_its_room_in_the_document(void **state)
 {
     struct storage *s = *state;
     size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
-    char *value = malloc(big + 1);
+    char *value = digits(big);
     struct cmd ns = mk(CMD_NS_PUT, "a", "t", NULL);
     struct cmd del = mk(CMD_PROP_DELETE, "a", "n", "s");
     uint64_t i = 1;
 
-    assert_non_null(value);
-    memset(value, '1', big);
-    value[big] = '\0';
     del.name = B("p");
 
     /* PROP_DELETE */
@@ -852,13 +857,10 @@ static void expired_properties_do_not_count_toward_the_document(void **state)
 {
     struct storage *s = *state;
     size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
-    char *value = malloc(big + 1);
+    char *value = digits(big);
     struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
     struct storage_counts cnt;
 
-    assert_non_null(value);
-    memset(value, '1', big);
-    value[big] = '\0';
     ns.ttl = 1;
     apply1(s, 1, T0, ns);
     apply1(s, 2, T0, mk_put("a", "n", "s", "p", value));
@@ -1397,8 +1399,7 @@ static void the_row_cache_never_changes_an_outcome(void **state)
 {
     struct storage *warm = *state;
     struct storage *cold;
-    size_t big_len = STORAGE_DOC_MAX / 2;
-    char *big = malloc(big_len + 1);
+    char *big = digits(STORAGE_DOC_MAX / 2);
     struct buf pairs[4] = {BUF_INIT, BUF_INIT, BUF_INIT, BUF_INIT};
     uint64_t x = 0x9e3779b97f4a7c15ull;
     uint64_t time = T0;
@@ -1407,9 +1408,6 @@ static void the_row_cache_never_changes_an_outcome(void **state)
     unsigned matched = 0;
     size_t i;
 
-    assert_non_null(big);
-    memset(big, '7', big_len);
-    big[big_len] = '\0';
     assert_int_equal(storage_open(&cold), 0);
     for (index = 1; index <= 1000; index++) {
         struct cmd c[4];
@@ -1451,12 +1449,9 @@ static void a_refused_write_leaves_no_trace_in_the_row_slot(void **state)
 {
     struct storage *s = *state;
     size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
-    char *value = malloc(big + 1);
+    char *value = digits(big);
     struct cmd c = mk_put("a", "n", "s", "p", "3");
 
-    assert_non_null(value);
-    memset(value, '1', big);
-    value[big] = '\0';
     apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
     apply1(s, 2, T0, mk_put("a", "n", "s", "p", "2")); /* through the slot */
     assert_int_equal(apply1_status(s, 3, T0, mk_put("a", "n", "s", "q", value)),
@@ -1473,11 +1468,8 @@ static void the_row_slot_counts_every_write(void **state)
 {
     struct storage *s = *state;
     size_t half = STORAGE_DOC_MAX / 2;
-    char *value = malloc(half + 1);
+    char *value = digits(half);
 
-    assert_non_null(value);
-    memset(value, '1', half);
-    value[half] = '\0';
     apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
     apply1(s, 2, T0, mk_put("a", "n", "s", "q", value));
     assert_int_equal(apply1_status(s, 3, T0, mk_put("a", "n", "s", "r", value)),
