@@ -824,10 +824,16 @@ static int op_ns_delete(struct storage *s, const struct cmd *c)
     return 0;
 }
 
+/* The hash of a session's key that places it in the hint and row slots. */
+static uint64_t session_hash(const struct cmd *c)
+{
+    return fnv64(fnv64(fnv64(FNV64_BASIS, c->acc), c->ns), sid_of(c));
+}
+
 static struct sk_slot *sk_slot_of(struct storage *s, const struct cmd *c,
                                   uint64_t *hash)
 {
-    *hash = fnv64(fnv64(fnv64(FNV64_BASIS, c->acc), c->ns), sid_of(c));
+    *hash = session_hash(c);
     return &s->sk_cache[*hash % SK_CACHE_SLOTS];
 }
 
@@ -1142,11 +1148,9 @@ static int sess_view_write(struct storage *s, const struct cmd *c,
                            struct sess_view *v, struct row_slot **r)
 {
     struct ns_slot *e = ns_slot_of(s, c);
-    uint64_t hash;
     int rc;
 
-    (void)sk_slot_of(s, c, &hash);
-    *r = row_slot_of(s, c, hash);
+    *r = row_slot_of(s, c, session_hash(c));
     if (*r != NULL && e != NULL && ns_slot_holds(s, e, c) &&
         row_slot_holds(s, *r, c)) {
         memset(v, 0, sizeof *v);
