@@ -21,6 +21,8 @@
 
 #include <cmocka.h>
 
+#include "../../consensus/prealloc.h"
+
 static char dir[] = "/tmp/ctxd-prealloc-XXXXXX";
 static char path[sizeof dir + 16];
 static int fd = -1;
@@ -117,6 +119,7 @@ static void a_new_file_is_written_with_zeros_not_left_unwritten(void **state)
     uint64_t mapped;
 
     (void)state;
+    prealloc_min_rate_set(0); /* however slow this disk is */
     open_new(O_DSYNC); /* as libraft opens a segment */
     errno = 4242;
     assert_int_equal(posix_fallocate(fd, 0, len), 0);
@@ -125,6 +128,36 @@ static void a_new_file_is_written_with_zeros_not_left_unwritten(void **state)
     assert_bytes(fd, 0, len, 0);
     if (extents(fd, &unwritten, &mapped) == 0) {
         assert_int_equal(unwritten, 0);
+        assert_true(mapped >= (uint64_t)len);
+    } else {
+        print_message("FIEMAP unsupported here: extents not checked\n");
+    }
+    close_file();
+    prealloc_min_rate_set(PREALLOC_MIN_RATE);
+}
+
+/* When the zeros go slower than the rate, the rest of the range is
+ * allocated by fallocate(2) (unwritten extents), as libc's posix_fallocate
+ * would. */
+static void a_slow_disk_leaves_the_rest_to_fallocate(void **state)
+{
+    const off_t len = 3 * 1024 * 1024 + 123;
+    int unwritten;
+    uint64_t mapped;
+
+    (void)state;
+    prealloc_min_rate_set(UINT64_MAX); /* no disk is that fast */
+    open_new(O_DSYNC);
+    assert_int_equal(pwrite(fd, "abc", 3, 0), 3);
+    errno = 4242;
+    assert_int_equal(posix_fallocate(fd, 0, len), 0);
+    assert_int_equal(errno, 4242);
+    prealloc_min_rate_set(PREALLOC_MIN_RATE);
+    assert_int_equal(size_of(fd), len);
+    assert_bytes(fd, 0, 1, 'a');
+    assert_bytes(fd, 3, len, 0);
+    if (extents(fd, &unwritten, &mapped) == 0) {
+        assert_true(unwritten > 0);
         assert_true(mapped >= (uint64_t)len);
     } else {
         print_message("FIEMAP unsupported here: extents not checked\n");
@@ -233,6 +266,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(a_new_file_is_written_with_zeros_not_left_unwritten),
+        cmocka_unit_test(a_slow_disk_leaves_the_rest_to_fallocate),
         cmocka_unit_test(bytes_the_file_holds_are_kept),
         cmocka_unit_test(a_range_past_the_end_leaves_the_gap_a_hole),
         cmocka_unit_test(an_append_mode_descriptor_keeps_its_bytes),
