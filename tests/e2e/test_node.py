@@ -373,9 +373,9 @@ class NodeProcess(NodeTestCase):
         # consensus/prealloc.c: libraft prepares its open segments with the
         # executable's posix_fallocate, which writes them, so that appends
         # overwrite blocks instead of converting unwritten extents. It writes
-        # zeros for a bounded time and leaves the rest to fallocate(2), so
-        # only the first chunk (1 MiB) is certain to be written on any disk;
-        # libc's posix_fallocate leaves all of it unwritten.
+        # zeros while the disk keeps up and leaves the rest to fallocate(2),
+        # so only the first chunk (256 KiB) is certain to be written on any
+        # disk; libc's posix_fallocate leaves all of it unwritten.
         n = self.started()
         key = self.account(n)
         c = self.client(n, key)
@@ -394,10 +394,10 @@ class NodeProcess(NodeTestCase):
         else:
             self.fail("libraft prepared no full segments: %r" % segments)
         for path in segments:
-            found = unwritten_extents(path, 1024 * 1024)
+            found = unwritten_extents(path, 128 * 1024)
             if found is None:
                 self.skipTest("FIEMAP unsupported on this file system")
-            self.assertEqual(found, 0, "%s has unwritten extents in its first MiB" % path)
+            self.assertEqual(found, 0, "%s has unwritten extents in its first 128 KiB" % path)
 
     def test_a_digest_is_hashed_off_the_loop_at_the_index_it_was_asked(self):
         """The digest is computed by a forked child. The test stops that
