@@ -41,12 +41,8 @@ def one_run(binary, conns, args):
     work = tempfile.mkdtemp(prefix="ctxd-ab-")
     cl = None
     try:
-        cl = bl.Ctxd(binary, 3, work)
-        env = {"BENCH_KEY": cl.api_key(), "BENCH_ACC": bl.ACC,
-               "BENCH_NS": bl.NS, "BENCH_SESSIONS": str(args.sessions),
-               "BENCH_VALUE_BYTES": str(args.value_bytes)}
-        leader = cl.leader_port()
-        bl.ctxd_fill(leader, env["BENCH_KEY"], args.sessions, args.value_bytes)
+        cl, env, leader = bl.filled_cluster(binary, work, args.sessions,
+                                            args.value_bytes)
         e0, c0 = counters(leader)
         r = bl.measured(cl.pids(), lambda: [bl.wrk(leader, "put", conns,
                                                    args.threads,

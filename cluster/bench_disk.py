@@ -129,12 +129,8 @@ def one_run(binary, dev, bps, iops, args):
     cl = None
     th = None
     try:
-        cl = bl.Ctxd(binary, 3, work)
-        env = {"BENCH_KEY": cl.api_key(), "BENCH_ACC": bl.ACC,
-               "BENCH_NS": bl.NS, "BENCH_SESSIONS": str(args.sessions),
-               "BENCH_VALUE_BYTES": str(args.value_bytes)}
-        leader = cl.leader_port()
-        bl.ctxd_fill(leader, env["BENCH_KEY"], args.sessions, args.value_bytes)
+        cl, env, leader = bl.filled_cluster(binary, work, args.sessions,
+                                            args.value_bytes)
         th = Throttle(dev, bps, iops)
         for pid in cl.pids():
             th.add(pid)

@@ -437,6 +437,22 @@ def fill(port, requests, conc=16, timeout=30.0):
         sys.exit("bench: fill failed: %s" % failures[0])
 
 
+def filled_cluster(binary, work, sessions, vbytes):
+    """A fresh 3-node cluster of binary under work, filled with sessions
+    sessions of one vbytes property each: (cluster, wrk env, leader port).
+    The caller stops the cluster, also when this raises."""
+    cl = Ctxd(binary, 3, work)
+    try:
+        env = {"BENCH_KEY": cl.api_key(), "BENCH_ACC": ACC, "BENCH_NS": NS,
+               "BENCH_SESSIONS": str(sessions), "BENCH_VALUE_BYTES": str(vbytes)}
+        leader = cl.leader_port()
+        ctxd_fill(leader, env["BENCH_KEY"], sessions, vbytes)
+    except BaseException:
+        cl.stop()
+        raise
+    return cl, env, leader
+
+
 def ctxd_fill(port, key, sessions, vbytes, props=1, batch=500, conc=16, ns=NS):
     """Every session s0..s(N-1) gets properties p (props=1) or p0..p(props-1),
     batch properties per PATCH."""
