@@ -168,9 +168,9 @@ static int fill(int fd, off_t offset, off_t len)
         return 0;
     }
     /* Beyond it: zeros while the disk takes them fast enough, then
-     * fallocate(2). A gap
-     * between the end and offset stays a hole, as it would with
-     * fallocate(2). On failure the file gets its old size back. */
+     * fallocate(2). A gap between the end and offset stays a hole, as it
+     * would with fallocate(2). On failure the file gets its old size
+     * back. */
     from = offset > st.st_size ? offset : st.st_size;
     rv = write_zeros(fd, &from, end, min_rate);
     if (rv == 0 && from < end && fallocate(fd, 0, from, end - from) != 0) {
