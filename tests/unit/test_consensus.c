@@ -761,6 +761,16 @@ static int dir_has_snapshot(const char *dir)
     return found;
 }
 
+/* A snapshot is stored: libraft calls the FSM's finalize, which counts it,
+ * once its files are written. Stopping before that abandons it. */
+static int pred_snapshot_stored(struct fixture *f)
+{
+    struct consensus_info info;
+
+    consensus_info(f->c, &info);
+    return info.snapshots_taken > 0;
+}
+
 static void a_restart_rebuilds_the_same_state_from_snapshot_and_log(
     void **state)
 {
@@ -778,6 +788,7 @@ static void a_restart_rebuilds_the_same_state_from_snapshot_and_log(
     f->chain_left = 45;
     chain_next(f);
     run_until(f, pred_chain_done);
+    run_until(f, pred_snapshot_stored);
 
     consensus_info(f->c, &info);
     last = info.last_index;
