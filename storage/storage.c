@@ -1298,7 +1298,9 @@ static int op_write(struct storage *s, struct apply_ctx *a,
             rc = sqlite3_bind_int64(st, 4, doc[1]);
         }
         rc = run(st, rc);
-        if (rc == 0 && r != NULL && row_slot_holds(s, r, c)) {
+        /* By now r holds c's key (it was found there, or filled above),
+         * so its generation alone says whether it is still true. */
+        if (rc == 0 && r != NULL && r->gen == s->row_gen) {
             r->version = a->index;
             r->doc_count = (uint64_t)((int64_t)r->doc_count + doc[0]);
             r->doc_bytes = (uint64_t)((int64_t)r->doc_bytes + doc[1]);
