@@ -139,6 +139,10 @@ static char *digits(size_t n)
     return v;
 }
 
+/* The bytes of a value v for which {"p":v} is exactly the document
+ * limit. */
+#define LIMIT_VALUE_BYTES (STORAGE_DOC_MAX - 2 - 3 - 1)
+
 static void digest_of(struct storage *s, uint8_t d[32])
 {
     assert_int_equal(storage_digest(s, d), 0);
@@ -767,7 +771,7 @@ static void if_match_with_a_stale_version_fails_and_changes_nothing(void **state
 static void a_document_over_the_limit_is_refused_and_changes_nothing(void **state)
 {
     struct storage *s = *state;
-    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1; /* {"p":<value>} exactly max */
+    size_t big = LIMIT_VALUE_BYTES;
     char *value = digits(big);
     struct cmd c;
     char *before;
@@ -807,7 +811,7 @@ static void a_document_over_the_limit_is_refused_and_changes_nothing(void **stat
 static void every_removal_frees_its_room_in_the_document(void **state)
 {
     struct storage *s = *state;
-    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
+    size_t big = LIMIT_VALUE_BYTES;
     char *value = digits(big);
     struct cmd ns = mk(CMD_NS_PUT, "a", "t", NULL);
     struct cmd del = mk(CMD_PROP_DELETE, "a", "n", "s");
@@ -856,7 +860,7 @@ static void every_removal_frees_its_room_in_the_document(void **state)
 static void expired_properties_do_not_count_toward_the_document(void **state)
 {
     struct storage *s = *state;
-    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
+    size_t big = LIMIT_VALUE_BYTES;
     char *value = digits(big);
     struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
     struct storage_counts cnt;
@@ -1448,7 +1452,7 @@ static void the_row_cache_never_changes_an_outcome(void **state)
 static void a_refused_write_leaves_no_trace_in_the_row_slot(void **state)
 {
     struct storage *s = *state;
-    size_t big = STORAGE_DOC_MAX - 2 - 3 - 1;
+    size_t big = LIMIT_VALUE_BYTES;
     char *value = digits(big);
     struct cmd c = mk_put("a", "n", "s", "p", "3");
 
