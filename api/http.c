@@ -24,6 +24,17 @@
  * writes make no progress for idle_timeout_ms is closed; requests waiting
  * for the handler never time out here.
  *
+ * The timer is lazy: a mode change records a deadline (uv_now plus the
+ * mode's timeout) and leaves the libuv timer alone when it is already due
+ * no later than that deadline. When it fires before the deadline it is
+ * re-armed for the rest. It is never armed for longer than the shortest
+ * of request_timeout_ms and idle_timeout_ms, so no later mode change of a
+ * busy connection (idle, request, handler, idle again) needs to move it
+ * earlier; only lingering, shorter still, restarts it. That saves the
+ * three timer heap operations a keep-alive request would otherwise cost
+ * (start, stop, start), at the price of one wake-up per shortest timeout
+ * for a connection that stays idle or busy longer than that.
+ *
  * Invariants:
  * - Requests are queued in arrival order and written in that order: only
  *   the answered (done) requests at the head of the queue are written.
@@ -119,6 +130,8 @@ struct http_conn
     int closing;                  /* uv_close was called */
     unsigned writes;              /* uv_write requests in flight */
     enum conn_timer_mode timer_mode; /* what the timer is armed for */
+    uint64_t deadline;            /* uv_now ms when timer_mode's time is up;
+                                     0: nothing to time (TIMER_OFF) */
     struct buf *sink;             /* offline: output goes here (no socket,
                                      no handles); NULL for a real one */
     struct http_conn *prev;       /* server list */
@@ -151,6 +164,7 @@ struct http_write
 static void conn_close(struct http_conn *c);
 static void conn_update_reading(struct http_conn *c);
 static void conn_update_timer(struct http_conn *c);
+static void conn_arm_timer(struct http_conn *c, uint64_t now);
 static void conn_maybe_finish(struct http_conn *c);
 static void conn_flush(struct http_conn *c);
 
@@ -652,6 +666,7 @@ static void conn_write_cb(uv_write_t *wreq, int status)
     /* Progress: re-arm the write timer from now. */
     if (c->timer_mode == TIMER_WRITE) {
         c->timer_mode = TIMER_OFF;
+        c->deadline = 0;
     }
     conn_update_reading(c);
     conn_maybe_finish(c);
@@ -1064,6 +1079,7 @@ static void conn_linger(struct http_conn *c)
     }
     uv_timer_stop(&c->timer);
     c->timer_mode = TIMER_OFF;
+    c->deadline = 0;
     conn_update_timer(c);
 }
 
@@ -1082,11 +1098,35 @@ static void conn_maybe_finish(struct http_conn *c)
 static void conn_timer_cb(uv_timer_t *t)
 {
     struct http_conn *c = t->data;
+    uint64_t now = uv_now(c->srv->loop);
 
+    if (c->deadline == 0) {
+        return; /* TIMER_OFF since it was armed: let it lapse */
+    }
+    if (now < c->deadline) {
+        conn_arm_timer(c, now);
+        return;
+    }
     if (c->timer_mode == TIMER_REQUEST) {
         metrics_http_request_rejected("request_timeout");
     }
     conn_close(c);
+}
+
+/* Arm the libuv timer for c->deadline, or for the shortest timeout if that
+ * comes first (see "The timer is lazy" above). */
+static void conn_arm_timer(struct http_conn *c, uint64_t now)
+{
+    const struct http_limits *l = &c->srv->limits;
+    uint64_t ms = c->deadline > now ? c->deadline - now : 0;
+    uint64_t cap = l->request_timeout_ms < l->idle_timeout_ms
+                       ? l->request_timeout_ms
+                       : l->idle_timeout_ms;
+
+    if (cap == 0) {
+        cap = 1; /* never re-arm for 0 ms: that would fire every turn */
+    }
+    uv_timer_start(&c->timer, conn_timer_cb, ms < cap ? ms : cap, 0);
 }
 
 static void conn_update_timer(struct http_conn *c)
@@ -1094,6 +1134,7 @@ static void conn_update_timer(struct http_conn *c)
     const struct http_limits *l = &c->srv->limits;
     enum conn_timer_mode mode;
     uint64_t ms = 0;
+    uint64_t now;
 
     if (c->closing || c->sink != NULL) {
         return;
@@ -1116,17 +1157,21 @@ static void conn_update_timer(struct http_conn *c)
     } else {
         mode = TIMER_OFF;
     }
-    if (mode == c->timer_mode && uv_is_active((uv_handle_t *)&c->timer)) {
-        return;
-    }
-    if (mode == c->timer_mode && mode == TIMER_OFF) {
+    /* The same mode keeps its deadline: a request's time counts from its
+     * first byte, an idle connection's from when it became idle. */
+    if (mode == c->timer_mode) {
         return;
     }
     c->timer_mode = mode;
     if (mode == TIMER_OFF) {
-        uv_timer_stop(&c->timer);
-    } else {
-        uv_timer_start(&c->timer, conn_timer_cb, ms, 0);
+        c->deadline = 0;
+        return;
+    }
+    now = uv_now(c->srv->loop);
+    c->deadline = now + ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) ||
+        now + uv_timer_get_due_in(&c->timer) > c->deadline) {
+        conn_arm_timer(c, now);
     }
 }
 

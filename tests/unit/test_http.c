@@ -1055,6 +1055,53 @@ static void an_idle_keep_alive_connection_is_closed(void **state)
     assert_true(f->elapsed_ms[0] < 1500);
 }
 
+/* Requests 60 ms apart for longer than either timeout, then, after a pause
+ * shorter than the idle timeout but longer than the request timeout, half
+ * a request. The timer is lazy (api/http.c): it wakes at the shortest
+ * timeout and must re-arm for what is left of the current deadline. */
+static void client_busy_then_half(struct fixture *f)
+{
+    struct client c;
+    double t0;
+    int i;
+
+    if (client_open(&c, f->port) != 0) {
+        return;
+    }
+    for (i = 0; i < 8; i++) {
+        client_send_str(&c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        client_read_response(&c, &f->resp[i]);
+        usleep(60 * 1000);
+    }
+    usleep(90 * 1000);
+    t0 = now_ms();
+    client_send_str(&c, "GET / HTTP/1.1\r\nHost: x\r\n");
+    f->eof[0] = client_wait_eof(&c);
+    f->elapsed_ms[0] = now_ms() - t0;
+    client_close(&c);
+}
+
+static void a_busy_connection_outlives_its_timeouts(void **state)
+{
+    struct fixture *f = *state;
+    int i;
+
+    f->limits.request_timeout_ms = 200;
+    f->limits.idle_timeout_ms = 300;
+    run(f, client_busy_then_half);
+    /* 8 requests over 630 ms: the idle and request timeouts both passed
+     * while the connection was in use, and none closed it. */
+    for (i = 0; i < 8; i++) {
+        assert_int_equal(f->resp[i].status, 200);
+    }
+    assert_int_equal(f->handled, 8);
+    /* The half request had its full 200 ms from its first byte, though
+     * the timer (never armed for more than 200 ms) woke within them. */
+    assert_int_equal(f->eof[0], 1);
+    assert_true(f->elapsed_ms[0] >= 150);
+    assert_true(f->elapsed_ms[0] < 1500);
+}
+
 static void client_cap(struct fixture *f)
 {
     struct client a;
@@ -1329,6 +1376,7 @@ int main(void)
         T(a_client_that_never_reads_is_bounded_then_closed),
         T(a_stalled_half_request_times_out),
         T(an_idle_keep_alive_connection_is_closed),
+        T(a_busy_connection_outlives_its_timeouts),
         T(connections_over_the_cap_are_closed_at_once),
         T(stop_answers_a_pending_request_then_closes),
         T(stop_closes_idle_connections),
