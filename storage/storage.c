@@ -194,6 +194,10 @@ static const struct
                       " VALUES(?1, ?2, ?3, ?4)")                              \
     X(ST_PROP_UPDATE, "UPDATE properties SET value = ?3, expires_ms = ?4"     \
                       " WHERE sk = ?1 AND name = ?2")                         \
+    /* ?4 is bound NULL (prop_put uses it only then), as prop_bind binds    \
+     * it for the statement above. */                                         \
+    X(ST_PROP_SET_VALUE, "UPDATE properties SET value = ?3"                   \
+                         " WHERE sk = ?1 AND name = ?2 AND ?4 IS NULL")       \
     X(ST_SESS_WRITTEN, "UPDATE sessions SET version = ?2,"                    \
                        " doc_count = doc_count + ?3,"                         \
                        " doc_bytes = doc_bytes + ?4 WHERE sk = ?1")           \
@@ -874,25 +878,37 @@ static int sess_bump(struct storage *s, const struct apply_ctx *a,
     return run(st, rc);
 }
 
-/* The property UPDATE of prop_put reports the length of the value it
- * replaces through SQLite's pre-update hook, registered only while that
- * statement steps. */
-#define PROP_COL_VALUE 2 /* properties.value, in SCHEMA_PROPERTIES order */
+/* The property UPDATE of prop_put reports the row it replaces through
+ * SQLite's pre-update hook, registered only while that statement steps:
+ * the old value's length, and whether the row had an expiry. */
+#define PROP_COL_VALUE 2   /* properties.value, in SCHEMA_PROPERTIES order */
+#define PROP_COL_EXPIRES 3 /* properties.expires_ms */
 
-static void prop_old_len(void *arg, sqlite3 *db, int op, const char *zdb,
+struct prop_old
+{
+    int64_t len;     /* old value's bytes; -1: no row was updated */
+    int had_expiry;  /* the old row's expires_ms was not NULL */
+};
+
+static void prop_old_row(void *arg, sqlite3 *db, int op, const char *zdb,
                          const char *table, sqlite3_int64 k1,
                          sqlite3_int64 k2)
 {
-    int64_t *old_len = arg;
+    struct prop_old *old = arg;
     sqlite3_value *v;
 
     (void)zdb;
     (void)table;
     (void)k1;
     (void)k2;
-    if (op == SQLITE_UPDATE &&
-        sqlite3_preupdate_old(db, PROP_COL_VALUE, &v) == SQLITE_OK) {
-        *old_len = sqlite3_value_bytes(v);
+    if (op != SQLITE_UPDATE) {
+        return;
+    }
+    if (sqlite3_preupdate_old(db, PROP_COL_VALUE, &v) == SQLITE_OK) {
+        old->len = sqlite3_value_bytes(v);
+    }
+    if (sqlite3_preupdate_old(db, PROP_COL_EXPIRES, &v) == SQLITE_OK) {
+        old->had_expiry = sqlite3_value_type(v) != SQLITE_NULL;
     }
 }
 
@@ -916,19 +932,26 @@ static int prop_bind(sqlite3_stmt *st, int64_t sk, struct cmd_bytes name,
 
 /* Insert or replace one property, adding what it changes in the session
  * document to doc[0] (rows) and doc[1] (name and value bytes): an UPDATE
- * that learns the old value's length from the pre-update hook, so an
- * overwrite seeks its row once (a SELECT of the length first cost a second
- * seek, 7 % of an applied write); when it updated nothing the property is
- * new, and a plain INSERT adds it. No upsert, no trigger. */
+ * that learns the old row from the pre-update hook, so an overwrite seeks
+ * its row once (a SELECT of the length first cost a second seek, 7 % of an
+ * applied write); when it updated nothing the property is new, and a plain
+ * INSERT adds it. No upsert (11,622 instructions against 11,050 for the
+ * UPDATE, measured alone), no trigger.
+ *
+ * A write without an expiry sets the value only: an UPDATE naming
+ * expires_ms makes SQLite maintain both partial indexes on it, 2,080 of
+ * the 11,050 instructions even when both old and new are NULL. In the rare
+ * case the old row had an expiry, a second UPDATE clears it. */
 static int prop_put(struct storage *s, int64_t sk, struct cmd_bytes name,
                     struct cmd_bytes value, int64_t expires, int64_t doc[2])
 {
-    sqlite3_stmt *st = s->st[ST_PROP_UPDATE];
-    int64_t old_len = -1;
+    sqlite3_stmt *st = s->st[expires == 0 ? ST_PROP_SET_VALUE
+                                          : ST_PROP_UPDATE];
+    struct prop_old old = {-1, 0};
     int rc = prop_bind(st, sk, name, value, expires);
 
     if (rc == SQLITE_OK) {
-        (void)sqlite3_preupdate_hook(s->db, prop_old_len, &old_len);
+        (void)sqlite3_preupdate_hook(s->db, prop_old_row, &old);
         rc = sqlite3_step(st);
         (void)sqlite3_preupdate_hook(s->db, NULL, NULL);
     }
@@ -936,8 +959,12 @@ static int prop_put(struct storage *s, int64_t sk, struct cmd_bytes name,
     if (rc != SQLITE_DONE) {
         return map_rc(rc);
     }
-    if (old_len >= 0) {
-        doc[1] += (int64_t)value.len - old_len;
+    if (old.len >= 0) {
+        doc[1] += (int64_t)value.len - old.len;
+        if (expires == 0 && old.had_expiry) {
+            st = s->st[ST_PROP_UPDATE];
+            return run(st, prop_bind(st, sk, name, value, 0));
+        }
         return 0;
     }
     st = s->st[ST_PROP_INSERT];

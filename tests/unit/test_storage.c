@@ -660,9 +660,15 @@ static void changing_a_ttl_affects_only_later_writes(void **state)
     apply1(s, 3, T0, ns);
     apply1(s, 4, T0, mk_put("a", "n", "s", "late", "2"));
     assert_props(s, "a", "n", "s", T0 + 20000, "{\"late\":2}");
-    /* A rewrite under no TTL makes the property permanent. */
+    /* A rewrite under no TTL makes the property permanent, and takes it
+     * out of the expiry index: nothing is left to expire. */
     apply1(s, 5, T0 + 1, mk_put("a", "n", "s", "early", "3"));
     assert_props(s, "a", "n", "s", T0 + 20000, "{\"early\":3,\"late\":2}");
+    {
+        uint64_t t;
+
+        assert_int_equal(storage_next_expiry(s, &t), STORAGE_ENOTFOUND);
+    }
 }
 
 static void purge_removes_what_expired_and_counts_it(void **state)
