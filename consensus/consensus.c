@@ -125,6 +125,9 @@
 #define CONSENSUS_DEFAULT_MAX_PENDING 10000 /* proposals */
 #define CONSENSUS_DEFAULT_PURGE_MS 1000     /* ms */
 #define CONSENSUS_BATCH_MAX_BYTES (4u * 1024 * 1024) /* bytes per entry */
+/* A new batch reserves the size of the last entry, up to this: one
+ * allocation instead of a doubling realloc (and copy) every few commands. */
+#define CONSENSUS_ENTRY_HINT_MAX (256u * 1024)
 #define CONSENSUS_BATCH_MAX_CMDS 4096u               /* commands per entry */
 #define CONSENSUS_CMD_LEN_SIZE 4 /* bytes: the len:u32 before each command */
 #define CONSENSUS_TIME_OFFSET 4  /* bytes: magic, version, reserved:u16 come
@@ -173,6 +176,9 @@ struct consensus
                                             most one not yet committed, see
                                             consensus_flush_batches */
     unsigned pending;                    /* proposals queued or in flight */
+    size_t entry_hint;                   /* bytes of the last entry submitted
+                                            (at most CONSENSUS_ENTRY_HINT_MAX):
+                                            a new batch reserves that much */
 
     struct consensus_read *reads;      /* reads waiting for a barrier */
     struct consensus_read *reads_tail; /* last waiting read */
@@ -336,6 +342,9 @@ static void consensus_batch_submit(struct consensus *c,
     int rv;
 
     consensus_entry_stamp(&b->entry, consensus_now_ms());
+    c->entry_hint = b->entry.len < CONSENSUS_ENTRY_HINT_MAX
+                        ? b->entry.len
+                        : CONSENSUS_ENTRY_HINT_MAX;
     if (consensus_entry_pad(b->entry.base, b->entry.len, &rb) != 0) {
         consensus_batch_complete(c, b, CONSENSUS_ENOMEM, 0);
         return;
@@ -435,7 +444,8 @@ static struct consensus_batch *consensus_batch_for(struct consensus *c,
     }
     b->c = c;
     /* time_ms is stamped when the batch is submitted. */
-    if (cmd_entry_begin(&b->entry, 0) != 0) {
+    if (buf_reserve(&b->entry, c->entry_hint) != 0 ||
+        cmd_entry_begin(&b->entry, 0) != 0) {
         consensus_batch_free(b);
         return NULL;
     }
