@@ -103,6 +103,7 @@ void api_op_list_push(struct op_list *l, struct api_op *op)
         l->head = op;
     }
     l->tail = op;
+    l->n++;
     op->list = l;
 }
 
@@ -123,6 +124,7 @@ void api_op_list_remove(struct api_op *op)
     } else {
         l->tail = op->prev;
     }
+    l->n--;
     op->prev = op->next = NULL;
     op->list = NULL;
 }
@@ -1753,7 +1755,8 @@ int api_init(struct api **out, const struct api_config *cfg)
     uv_check_init(cfg->loop, &a->check);
     a->timer.data = a;
     a->check.data = a;
-    a->open_handles = 2;
+    api_read_index_init(a);
+    a->open_handles = 3;
     uv_timer_start(&a->timer, api_timer_cb, API_TICK_MS, API_TICK_MS);
     uv_unref((uv_handle_t *)&a->timer);
     *out = a;
@@ -1808,6 +1811,8 @@ void api_close(struct api *a)
         }
         api_op_free(op);
     }
+    api_read_index_close(a);
     uv_close((uv_handle_t *)&a->timer, api_handle_closed);
     uv_close((uv_handle_t *)&a->check, api_handle_closed);
+    uv_close((uv_handle_t *)&a->rindex_gather.timer, api_handle_closed);
 }

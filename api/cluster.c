@@ -13,7 +13,9 @@
  *                barrier there), then until it has applied that index, and
  *                is served locally. One request in flight serves every read
  *                that was waiting when it was sent; reads arriving
- *                meanwhile wait for the next one.
+ *                meanwhile wait for the next one, which is sent once as
+ *                many are waiting as the last one had in all, or after
+ *                GATHER_MAX_MS (consensus/gather.h).
  *   directory    every node records its own HTTP address and region in the
  *                replicated state (a NODE_INFO command): the leader
  *                proposes it directly, a follower or a joining node asks
@@ -30,6 +32,7 @@
  *
  * Internal calls carry X-Ctxd-Secret; it is compared in constant time
  * (both sides hashed first). */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +267,8 @@ int api_handle_forwarded(struct api *a, struct http_request *req)
 /* --- Read index -------------------------------------------------------- */
 
 static void rindex_send(struct api *a);
+static void rindex_maybe_send(struct api *a);
+
 
 static void rindex_fail_all(struct api *a, struct op_list *l, const char *why)
 {
@@ -286,6 +291,8 @@ static void rindex_cb(struct client_request *creq, int status,
     int ok = 0;
 
     a->rindex_inflight = 0;
+    gather_ended(&a->rindex_gather, a->rindex_cur.n,
+                 a->rindex_next.n);
     if (status == CLIENT_OK && resp->status == 200) {
         json_error_t err;
         json_t *doc = json_loadb(resp->body, resp->body_len, 0, &err);
@@ -320,9 +327,40 @@ static void rindex_cb(struct client_request *creq, int status,
         }
         api_wake_min_waiters(a);
     }
-    if (a->rindex_next.head != NULL && !a->closing) {
+    rindex_maybe_send(a);
+}
+
+/* Send the next read-index request if reads wait for one and none is in
+ * flight, once gathered (consensus/gather.h): it costs the leader a Raft
+ * barrier whatever it serves. */
+static void rindex_maybe_send(struct api *a)
+{
+    if (a->rindex_inflight || a->rindex_next.head == NULL) {
+        return;
+    }
+    if (a->closing) {
+        rindex_fail_all(a, &a->rindex_next, "node is shutting down");
+        return;
+    }
+    if (gather_ready(&a->rindex_gather, a->rindex_next.n)) {
         rindex_send(a);
-    } else if (a->closing) {
+    }
+}
+
+static void rindex_gather_flush(struct gather *g)
+{
+    rindex_maybe_send(
+        (struct api *)((char *)g - offsetof(struct api, rindex_gather)));
+}
+
+void api_read_index_init(struct api *a)
+{
+    gather_init(&a->rindex_gather, a->cfg.loop, a, rindex_gather_flush);
+}
+
+void api_read_index_close(struct api *a)
+{
+    if (!a->rindex_inflight) {
         rindex_fail_all(a, &a->rindex_next, "node is shutting down");
     }
 }
@@ -344,6 +382,7 @@ static void rindex_send(struct api *a)
     /* Move the waiting reads to the in-flight group. */
     a->rindex_cur = a->rindex_next;
     a->rindex_next.head = a->rindex_next.tail = NULL;
+    a->rindex_next.n = 0;
     for (struct api_op *op = a->rindex_cur.head; op != NULL; op = op->next) {
         op->list = &a->rindex_cur;
     }
@@ -367,9 +406,7 @@ int api_read_index_wait(struct api *a, struct http_request *req)
         return AE_INTERNAL;
     }
     api_op_list_push(&a->rindex_next, op);
-    if (!a->rindex_inflight) {
-        rindex_send(a);
-    }
+    rindex_maybe_send(a);
     return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "../consensus/gather.h"
 #include "../lib/buf.h"
 #include "api.h"
 #include "client.h"
@@ -174,6 +175,7 @@ struct api_op
 struct op_list
 {
     struct api_op *head, *tail; /* oldest first */
+    unsigned n;                 /* ops on the list */
 };
 
 /* One remembered successful key check (see auth_account in api.c). */
@@ -200,6 +202,7 @@ struct api
     struct op_list rindex_next;  /* OP_RINDEX waiting for the next request */
     struct op_list rindex_cur;   /* OP_RINDEX served by the one in flight */
     int rindex_inflight;         /* a read-index request is in flight */
+    struct gather rindex_gather; /* when the next one may be sent */
     struct client_request rindex_req; /* that request */
     struct client_request reg_req;    /* self-registration request */
     int reg_inflight;            /* reg_req is in flight */
@@ -279,6 +282,12 @@ int api_node_http_addr(struct api *a, uint64_t id, char *out, size_t cap);
 void api_forward(struct api *a, struct http_request *req);
 /* Queue a linearizable read on a follower behind the leader's read index. */
 int api_read_index_wait(struct api *a, struct http_request *req);
+
+/* Set up the read-index gathering (its timer, with the api's handles); at
+ * close, fail the reads still waiting for a request that will not be
+ * sent. */
+void api_read_index_init(struct api *a);
+void api_read_index_close(struct api *a);
 /* Periodic work: self-registration. */
 void api_cluster_tick(struct api *a);
 int api_handle_cluster(struct api *a, struct http_request *req);

@@ -99,10 +99,12 @@
  *     object no longer references it.
  *   - only the last batch of the queued list is open for new commands. */
 #include "consensus.h"
+#include "gather.h"
 #include "transport.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,6 +187,9 @@ struct consensus
     struct consensus_read *reads_inflight; /* reads the current barrier serves */
     struct raft_barrier barrier;       /* the one barrier request */
     int barrier_busy;                  /* 1 while barrier is in flight */
+    unsigned reads_queued;             /* length of reads */
+    unsigned reads_inflight_n;         /* length of reads_inflight */
+    struct gather gather;              /* when the next barrier may start */
 
     struct consensus_change *change; /* membership change in progress */
     int assign_due;                  /* 1: change's raft_assign is due at the
@@ -519,34 +524,45 @@ static void consensus_barrier_cb(struct raft_barrier *req, int status)
 
     c->reads_inflight = NULL;
     c->barrier_busy = 0;
+    gather_ended(&c->gather, c->reads_inflight_n, c->reads_queued);
+    c->reads_inflight_n = 0;
     consensus_reads_complete(served, consensus_map_raft(c, status));
+}
+
+static void consensus_flush_reads(struct consensus *c);
+
+static void consensus_gather_flush(struct gather *g)
+{
+    consensus_flush_reads(
+        (struct consensus *)((char *)g - offsetof(struct consensus, gather)));
 }
 
 static void consensus_flush_reads(struct consensus *c)
 {
-    struct consensus_read *r;
     int rv;
 
-    if (c->barrier_busy || c->reads == NULL) {
+    if (c->closing || c->barrier_busy || c->reads == NULL ||
+        !gather_ready(&c->gather, c->reads_queued)) {
         return;
     }
     c->reads_inflight = c->reads;
+    c->reads_inflight_n = c->reads_queued;
     c->reads = NULL;
     c->reads_tail = NULL;
+    c->reads_queued = 0;
     c->barrier.data = c;
     c->barrier_busy = 1;
     rv = raft_barrier(&c->raft, &c->barrier, consensus_barrier_cb);
     if (rv != 0) {
         struct consensus_read *failed = c->reads_inflight;
         c->reads_inflight = NULL;
+        c->reads_inflight_n = 0;
         c->barrier_busy = 0;
         consensus_reads_complete(failed, consensus_map_raft(c, rv));
         return;
     }
     c->barriers++;
-    for (r = c->reads_inflight; r != NULL; r = r->next) {
-        c->barrier_reads++;
-    }
+    c->barrier_reads += c->reads_inflight_n;
 }
 
 int consensus_barrier(struct consensus *c, struct consensus_read *req)
@@ -567,6 +583,7 @@ int consensus_barrier(struct consensus *c, struct consensus_read *req)
         c->reads_tail->next = req;
     }
     c->reads_tail = req;
+    c->reads_queued++;
     return CONSENSUS_OK;
 }
 
@@ -1127,6 +1144,7 @@ static void consensus_shutdown(struct consensus *c)
     c->closing = 1;
     c->reads = NULL;
     c->reads_tail = NULL;
+    c->reads_queued = 0;
     while (c->queued != NULL) {
         struct consensus_batch *b = c->queued;
         c->queued = b->next;
@@ -1141,6 +1159,7 @@ static void consensus_shutdown(struct consensus *c)
 
     uv_close((uv_handle_t *)&c->check, consensus_handle_close_cb);
     uv_close((uv_handle_t *)&c->purge_timer, consensus_handle_close_cb);
+    uv_close((uv_handle_t *)&c->gather.timer, consensus_handle_close_cb);
     raft_close(&c->raft, consensus_raft_close_cb);
 }
 
@@ -1376,7 +1395,8 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
     c->check.data = c;
     uv_timer_init(c->loop, &c->purge_timer);
     c->purge_timer.data = c;
-    c->handles_open = 2;
+    gather_init(&c->gather, c->loop, c, consensus_gather_flush);
+    c->handles_open = 3;
 
     if (c->raft.heartbeat_timeout >= c->raft.election_timeout) {
         snprintf(errmsg, errmsg_len,

@@ -702,6 +702,81 @@ static void a_read_arriving_during_a_barrier_waits_for_the_next_one(
     assert_int_equal(f->read_status[1], CONSENSUS_OK);
 }
 
+/* Read 2 arrives one loop turn after read 0 is answered: after the check
+ * that would have issued the next barrier at once for read 1 alone. */
+static uv_timer_t late_read_timer;
+
+static void late_read_cb(uv_timer_t *t)
+{
+    struct fixture *f = t->data;
+
+    f->reads[2].data = f;
+    f->reads[2].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[2]), CONSENSUS_OK);
+}
+
+static void read0_then_late_read_cb(struct consensus_read *req, int status)
+{
+    read_cb(req, status);
+    uv_timer_start(&late_read_timer, late_read_cb, 0, 0);
+}
+
+/* The barrier that served read 0 ended with read 1 waiting: the next one
+ * waits for two reads (consensus/gather.h) and serves reads 1 and 2 both. */
+static void the_next_barrier_gathers_as_many_reads_as_the_last_had(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+    int i;
+
+    start_leader(f);
+    assert_int_equal(uv_timer_init(&f->loop, &late_read_timer), 0);
+    late_read_timer.data = f;
+    consensus_info(f->c, &before);
+    f->reads[0].data = f;
+    f->reads[0].cb = read0_then_late_read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[0]), CONSENSUS_OK);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the barrier for read 0 is issued */
+    f->reads[1].data = f;
+    f->reads[1].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[1]), CONSENSUS_OK);
+    f->reads[2].cb = read_cb; /* pred_all_done waits for it too */
+    run_until(f, pred_all_done);
+    uv_close((uv_handle_t *)&late_read_timer, NULL);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 2);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(f->read_calls[i], 1);
+        assert_int_equal(f->read_status[i], CONSENSUS_OK);
+    }
+}
+
+/* A read held for the next barrier is not held for ever: with no other
+ * read coming, the barrier starts GATHER_MAX_MS later. */
+static void a_held_read_is_served_without_more_reads(void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+
+    start_leader(f);
+    consensus_info(f->c, &before);
+    f->reads[0].data = f;
+    f->reads[0].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[0]), CONSENSUS_OK);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    f->reads[1].data = f;
+    f->reads[1].cb = read_cb;
+    assert_int_equal(consensus_barrier(f->c, &f->reads[1]), CONSENSUS_OK);
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &after);
+    assert_int_equal(after.last_index, before.last_index + 2);
+    assert_int_equal(f->read_status[0], CONSENSUS_OK);
+    assert_int_equal(f->read_status[1], CONSENSUS_OK);
+}
+
 /* --- restart --------------------------------------------------------------- */
 
 static void chain_cb(struct consensus_propose *req, int status,
@@ -1452,6 +1527,11 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             reads_waiting_together_share_one_barrier, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            the_next_barrier_gathers_as_many_reads_as_the_last_had, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            a_held_read_is_served_without_more_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(
             a_read_arriving_during_a_barrier_waits_for_the_next_one, setup,
             teardown),

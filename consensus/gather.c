@@ -1,0 +1,43 @@
+/* Gathering the reads of a read round; see gather.h. */
+#include "gather.h"
+
+#include <stddef.h>
+
+static void gather_timer_cb(uv_timer_t *t)
+{
+    struct gather *g =
+        (struct gather *)((char *)t - offsetof(struct gather, timer));
+
+    g->due = 1;
+    g->flush(g);
+}
+
+void gather_init(struct gather *g, uv_loop_t *loop, void *data,
+                 void (*flush)(struct gather *g))
+{
+    (void)uv_timer_init(loop, &g->timer);
+    g->timer.data = data;
+    g->flush = flush;
+    g->target = 0;
+    g->due = 0;
+}
+
+int gather_ready(struct gather *g, unsigned queued)
+{
+    if (queued < g->target && !g->due) {
+        if (uv_is_active((uv_handle_t *)&g->timer) ||
+            uv_timer_start(&g->timer, gather_timer_cb, GATHER_MAX_MS, 0) ==
+                0) {
+            return 0;
+        }
+        return 1; /* no timer to end the wait (closing): do not wait */
+    }
+    uv_timer_stop(&g->timer);
+    g->due = 0;
+    return 1;
+}
+
+void gather_ended(struct gather *g, unsigned served, unsigned queued)
+{
+    g->target = served <= ~0u - queued ? served + queued : ~0u;
+}
