@@ -12,19 +12,24 @@
  * consensus_batch: an entry in the command.h format plus the list of its
  * proposers with their slot), which so gathers the commands of one loop
  * turn and of the turns that pass while an entry commits. A batch holds at
- * most
- * CONSENSUS_BATCH_MAX_BYTES and CONSENSUS_BATCH_MAX_CMDS; when full, a new one
- * is opened in the same turn. The uv_check handle runs once per turn, after
- * the I/O callbacks that proposed: when no entry in flight is still
- * uncommitted, it stamps the oldest queued batch with the
- * leader's wall clock and hands it to raft_apply as ONE raft_buffer (a
- * raft_malloc'd copy of the entry: raft_apply takes bufs[0].base on success
- * and leaves it to us on failure, it never frees it on error paths since
- * logDiscard does not destroy entries). The FSM's committed hook
- * (consensus_committed) does the same as soon as the entry in flight is
- * committed, before the leader applies it: the peers then replicate the
- * next entry while the leader applies the previous one and answers its
- * proposers.
+ * most CONSENSUS_BATCH_MAX_BYTES and CONSENSUS_BATCH_MAX_CMDS; when full, a
+ * new one is opened in the same turn. The uv_check handle runs once per
+ * turn, after the I/O callbacks that proposed: when no entry in flight is
+ * still uncommitted and the write gather (consensus/gather.h) allows, it
+ * stamps the oldest queued batch with the leader's wall clock and hands it
+ * to raft_apply as ONE raft_buffer (a raft_malloc'd copy of the entry:
+ * raft_apply takes bufs[0].base on success and leaves it to us on failure,
+ * it never frees it on error paths since logDiscard does not destroy
+ * entries). The FSM's committed hook (consensus_committed) ends the
+ * gather's round and tries the same at once, before the leader applies the
+ * entry. The gather holds the next entry until as many commands are queued
+ * as the committed entry carried plus those queued behind it (the answered
+ * clients write again), or GATHER_MAX_MS: under a steady load of N clients
+ * an entry then carries about N commands, not N/2 in two alternating
+ * groups, and every entry costs a disk write on each node and a round of
+ * messages. After a wait that ran out, the next entries go out as soon as
+ * the previous one commits (the peers replicate the next entry while the
+ * leader applies the previous one) for GATHER_SKIP_ROUNDS entries.
  *
  * The state machine (consensus/fsm.c) applies entries to storage; entries
  * are padded to 8 bytes for raft_uv, and each entry's results stay in the
@@ -38,10 +43,11 @@
  * never reach the log and fail with ENOTLEADER.
  *
  * Reads. consensus_barrier queues a read. At the check, when no barrier is
- * in flight and reads are waiting, all waiting reads move to the in-flight
+ * in flight, reads are waiting and the read gather allows (as for
+ * entries: as many reads as the last barrier served plus those queued when
+ * it completed, or GATHER_MAX_MS), all waiting reads move to the in-flight
  * list and one raft_barrier is issued; its callback completes exactly those
- * reads. Reads arriving meanwhile wait for the next barrier, issued at the
- * check of the turn in which the previous one completed.
+ * reads. Reads arriving meanwhile wait for the next barrier.
  *
  * Purge. A timer checks every purge_interval_ms whether this node leads and
  * storage's earliest expiry has passed; then it proposes one PURGE command
@@ -190,6 +196,7 @@ struct consensus
     unsigned reads_queued;             /* length of reads */
     unsigned reads_inflight_n;         /* length of reads_inflight */
     struct gather gather;              /* when the next barrier may start */
+    struct gather wgather;             /* when the next entry may start */
 
     struct consensus_change *change; /* membership change in progress */
     int assign_due;                  /* 1: change's raft_assign is due at the
@@ -392,9 +399,21 @@ static unsigned consensus_uncommitted(const struct consensus *c)
  * committed (consensus_committed, called before the leader applies it), so
  * that the peers replicate it while the leader applies and answers. The
  * loop goes on past a batch that fails at once or is empty. */
+static unsigned consensus_queued_commands(const struct consensus *c)
+{
+    const struct consensus_batch *b;
+    unsigned n = 0;
+
+    for (b = c->queued; b != NULL; b = b->next) {
+        n += b->count;
+    }
+    return n;
+}
+
 static void consensus_flush_batches(struct consensus *c)
 {
-    while (c->queued != NULL && consensus_uncommitted(c) == 0) {
+    while (c->queued != NULL && consensus_uncommitted(c) == 0 &&
+           gather_ready(&c->wgather, consensus_queued_commands(c))) {
         struct consensus_batch *b = c->queued;
         c->queued = b->next;
         if (c->queued == NULL) {
@@ -420,11 +439,17 @@ static void consensus_committed(void *arg, uint64_t index)
     struct consensus_batch *b;
     int marked = 0;
 
+    unsigned served = 0;
+
     for (b = c->inflight; b != NULL; b = b->next) {
         if (!b->committed && b->req.index <= index) {
             b->committed = 1;
             marked = 1;
+            served += b->count;
         }
+    }
+    if (marked) {
+        gather_ended(&c->wgather, served, consensus_queued_commands(c));
     }
     if (marked && !c->closing) {
         consensus_flush_batches(c);
@@ -530,6 +555,18 @@ static void consensus_barrier_cb(struct raft_barrier *req, int status)
 }
 
 static void consensus_flush_reads(struct consensus *c);
+
+static void consensus_flush_batches(struct consensus *c);
+
+static void consensus_wgather_flush(struct gather *g)
+{
+    struct consensus *c =
+        (struct consensus *)((char *)g - offsetof(struct consensus, wgather));
+
+    if (!c->closing) {
+        consensus_flush_batches(c);
+    }
+}
 
 static void consensus_gather_flush(struct gather *g)
 {
@@ -1160,6 +1197,7 @@ static void consensus_shutdown(struct consensus *c)
     uv_close((uv_handle_t *)&c->check, consensus_handle_close_cb);
     uv_close((uv_handle_t *)&c->purge_timer, consensus_handle_close_cb);
     uv_close((uv_handle_t *)&c->gather.timer, consensus_handle_close_cb);
+    uv_close((uv_handle_t *)&c->wgather.timer, consensus_handle_close_cb);
     raft_close(&c->raft, consensus_raft_close_cb);
 }
 
@@ -1396,7 +1434,8 @@ int consensus_start(struct consensus **out, const struct consensus_config *cfg,
     uv_timer_init(c->loop, &c->purge_timer);
     c->purge_timer.data = c;
     gather_init(&c->gather, c->loop, c, consensus_gather_flush);
-    c->handles_open = 3;
+    gather_init(&c->wgather, c->loop, c, consensus_wgather_flush);
+    c->handles_open = 4;
 
     if (c->raft.heartbeat_timeout >= c->raft.election_timeout) {
         snprintf(errmsg, errmsg_len,

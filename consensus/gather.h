@@ -1,5 +1,6 @@
-/* Gathering the reads of a read round (a Raft barrier on the leader, a
- * read-index request from a follower).
+/* Gathering the requests of a round: the reads of a read round (a Raft
+ * barrier on the leader, a read-index request from a follower), or the
+ * commands of the leader's next Raft entry.
  *
  * One round in flight serves the reads that were waiting when it started;
  * reads arriving meanwhile wait for the next one. Under steady load that
@@ -12,10 +13,16 @@
  * the two groups become one, and each round serves twice as many reads.
  *
  * A lone client never waits (its round had one read; the next needs one).
- * When the load shrinks, one round waits GATHER_MAX_MS, and the target
- * becomes what it then had. Nothing here blocks: the owner asks
- * gather_ready whenever it could start a round, and the timer calls the
- * owner's flush once the wait is over.
+ * Clients that do not come back at once (they think between requests, or
+ * went away) make a round wait GATHER_MAX_MS; after such a wait the next
+ * GATHER_SKIP_ROUNDS rounds start without waiting, so a load that is not
+ * a closed loop pays the wait once in that many rounds. Nothing here
+ * blocks: the owner asks gather_ready whenever it could start a round, and
+ * the timer calls the owner's flush once the wait is over.
+ *
+ * The same holds for writes: one Raft entry in flight carries the commands
+ * queued when it started, and every entry costs a disk write on every node
+ * and a round of messages, so the leader's next entry gathers the same way.
  *
  * Usage: gather_init; gather_ready(g, queued) before starting a round (0:
  * wait, the timer is armed); gather_ended(g, served, queued) when a round
@@ -26,13 +33,17 @@
 
 #include <uv.h>
 
-#define GATHER_MAX_MS 1 /* longest wait for the target, ms (libuv's step) */
+#define GATHER_MAX_MS 1       /* longest wait for the target, ms (libuv's
+                                 step; the timer fires 1-2 ms later) */
+#define GATHER_SKIP_ROUNDS 16 /* rounds that do not wait after a wait that
+                                 ran out */
 
 struct gather
 {
     uv_timer_t timer;                /* armed while a round waits */
     void (*flush)(struct gather *g); /* the owner: start a round if ready */
     unsigned target;                 /* reads the last round had in all */
+    unsigned skip;                   /* rounds left that do not wait */
     int due;                         /* the wait is over: start now */
 };
 

@@ -473,7 +473,60 @@ static void early_cb(struct consensus_propose *req, int status,
     prop_cb(req, status, result);
 }
 
-static void the_next_entry_goes_out_when_the_previous_one_commits(
+/* Slot 1's client writes again (slot 3) as soon as it is answered. */
+static void then_slot3_cb(struct consensus_propose *req, int status,
+                          const struct storage_result *result)
+{
+    struct fixture *f = req->data;
+    struct buf enc = BUF_INIT;
+
+    prop_cb(req, status, result);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "c", "3", -1, 0);
+    assert_int_equal(propose(f, 3, &enc), CONSENSUS_OK);
+    buf_free(&enc);
+}
+
+/* The entry of slot 1 committed with slot 2 queued behind it: the next
+ * entry waits (consensus/gather.h) until as many commands are queued as
+ * that round had in all, so slot 1's client's next write (slot 3) goes out
+ * with slot 2, in one entry. */
+static void the_next_entry_gathers_as_many_commands_as_the_last_had(
+    void **state)
+{
+    struct fixture *f = *state;
+    struct consensus_info before;
+    struct consensus_info after;
+    struct buf enc = BUF_INIT;
+
+    start_leader(f);
+    propose_ns(f, 0, "ns1", -1);
+    run_until(f, pred_all_done);
+    consensus_info(f->c, &before);
+
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "a", "1", -1, 0);
+    assert_int_equal(propose(f, 1, &enc), CONSENSUS_OK);
+    f->props[1].cb = then_slot3_cb;
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* slot 1's entry goes to raft */
+    buf_reset(&enc);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "b", "2", -1, 0);
+    assert_int_equal(propose(f, 2, &enc), CONSENSUS_OK);
+    buf_free(&enc);
+    f->props[3].cb = prop_cb; /* pred_all_done waits for slot 3 too */
+    run_until(f, pred_all_done);
+
+    consensus_info(f->c, &after);
+    assert_int_equal(after.entries, before.entries + 2);
+    assert_int_equal(f->prop_status[2], CONSENSUS_OK);
+    assert_int_equal(f->prop_status[3], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[2].index, f->prop_result[1].index + 1);
+    assert_int_equal(f->prop_result[3].index, f->prop_result[2].index);
+}
+
+/* After a wait that ran out (slot 2 waited for a second command that never
+ * came), entries go out again as soon as the previous one commits: slot
+ * 4's entry is submitted before the leader applies slot 3's and answers
+ * it. */
+static void after_a_wait_runs_out_the_next_entry_goes_out_at_commit(
     void **state)
 {
     struct fixture *f = *state;
@@ -485,15 +538,23 @@ static void the_next_entry_goes_out_when_the_previous_one_commits(
     start_leader(f);
     propose_ns(f, 0, "ns1", -1);
     run_until(f, pred_all_done);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "a", "1", -1, 0);
+    assert_int_equal(propose(f, 1, &enc), CONSENSUS_OK);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    buf_reset(&enc);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "b", "2", -1, 0);
+    assert_int_equal(propose(f, 2, &enc), CONSENSUS_OK);
+    run_until(f, pred_all_done);
     consensus_info(f->c, &before);
 
-    /* Slot 1's entry goes to raft at this turn's check ... */
-    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "a", "1", -1, 0);
+    /* Slot 3's entry goes to raft at this turn's check ... */
+    buf_reset(&enc);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "c", "3", -1, 0);
     memset(&e, 0, sizeof e);
     e.f = f;
-    f->props[1].data = &e;
-    f->props[1].cb = early_cb;
-    assert_int_equal(consensus_propose(f->c, &f->props[1], enc.base,
+    f->props[3].data = &e;
+    f->props[3].cb = early_cb;
+    assert_int_equal(consensus_propose(f->c, &f->props[3], enc.base,
                                        enc.len),
                      CONSENSUS_OK);
     uv_run(&f->loop, UV_RUN_NOWAIT);
@@ -501,21 +562,20 @@ static void the_next_entry_goes_out_when_the_previous_one_commits(
     assert_int_equal(mid.entries, before.entries + 1);
     assert_int_equal(mid.inflight, 1);
 
-    /* ... and slot 2, queued behind it, is submitted once that entry is
-     * committed, before the leader applies it and answers slot 1. */
-    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "b", "2", -1, 0);
-    assert_int_equal(propose(f, 2, &enc), CONSENSUS_OK);
+    /* ... and slot 4, queued behind it, is submitted once that entry is
+     * committed, before the leader applies it and answers slot 3. */
+    buf_reset(&enc);
+    encode(&enc, CMD_PROP_PUT, "ns1", "s1", "d", "4", -1, 0);
+    assert_int_equal(propose(f, 4, &enc), CONSENSUS_OK);
     buf_free(&enc);
     run_until(f, pred_all_done);
 
-    /* Slot 1's batch had left the in-flight list; slot 2's was in it. */
+    /* Slot 3's batch had left the in-flight list; slot 4's was in it. */
     assert_int_equal(e.seen.entries, before.entries + 2);
     assert_int_equal(e.seen.inflight, 1);
-    assert_int_equal(f->prop_status[1], CONSENSUS_OK);
-    assert_int_equal(f->prop_status[2], CONSENSUS_OK);
-    assert_int_equal(f->prop_result[1].status, STORAGE_OK);
-    assert_int_equal(f->prop_result[2].status, STORAGE_OK);
-    assert_int_equal(f->prop_result[2].index, f->prop_result[1].index + 1);
+    assert_int_equal(f->prop_status[3], CONSENSUS_OK);
+    assert_int_equal(f->prop_status[4], CONSENSUS_OK);
+    assert_int_equal(f->prop_result[4].index, f->prop_result[3].index + 1);
 }
 
 /* Counts callbacks of the many-proposal test; data points at a counter. */
@@ -1515,7 +1575,10 @@ int main(void)
             proposals_arriving_while_an_entry_commits_share_the_next_one,
             setup, teardown),
         cmocka_unit_test_setup_teardown(
-            the_next_entry_goes_out_when_the_previous_one_commits, setup,
+            the_next_entry_gathers_as_many_commands_as_the_last_had, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            after_a_wait_runs_out_the_next_entry_goes_out_at_commit, setup,
             teardown),
         cmocka_unit_test_setup_teardown(
             a_malformed_command_fails_alone_while_its_entry_applies, setup,

@@ -91,8 +91,7 @@ static void the_next_round_waits_for_as_many_as_the_last_had(void **state)
 }
 
 /* The load shrank: the reads that are not coming back are waited for
- * GATHER_MAX_MS, then the round starts with what is there, and the next
- * target is what it then had. */
+ * GATHER_MAX_MS, then the round starts with what is there. */
 static void the_wait_ends_after_gather_max_ms(void **state)
 {
     struct fixture *f = *state;
@@ -108,9 +107,31 @@ static void the_wait_ends_after_gather_max_ms(void **state)
     assert_int_equal(f->started, 1);
     assert_true(uv_now(&f->loop) - t0 >= GATHER_MAX_MS);
     assert_false(timer_armed(f));
-    /* The wait is over for that round only. */
-    gather_ended(&f->g, 2, 0);
+}
+
+/* Clients that think between requests would make every round wait: after
+ * a wait that ran out, GATHER_SKIP_ROUNDS rounds start at once, however
+ * few are queued; then rounds wait again. */
+static void after_a_wait_runs_out_rounds_do_not_wait_for_a_while(
+    void **state)
+{
+    struct fixture *f = *state;
+    unsigned i;
+
+    gather_ended(&f->g, 3, 1);
+    f->queued = 1;
+    assert_int_equal(gather_ready(&f->g, f->queued), 0);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(f->started, 1);
+    for (i = 0; i < GATHER_SKIP_ROUNDS; i++) {
+        gather_ended(&f->g, 1, 1);
+        assert_int_equal(gather_ready(&f->g, 1), 1);
+        assert_false(timer_armed(f));
+    }
+    gather_ended(&f->g, 1, 1);
     assert_int_equal(gather_ready(&f->g, 1), 0);
+    assert_true(timer_armed(f));
+    /* A round that reaches its target never used the skip. */
     assert_int_equal(gather_ready(&f->g, 2), 1);
 }
 
@@ -135,6 +156,7 @@ int main(void)
         T(a_lone_client_never_waits),
         T(the_next_round_waits_for_as_many_as_the_last_had),
         T(the_wait_ends_after_gather_max_ms),
+        T(after_a_wait_runs_out_rounds_do_not_wait_for_a_while),
         T(asking_again_keeps_the_first_deadline),
     };
 #undef T
