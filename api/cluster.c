@@ -269,7 +269,6 @@ int api_handle_forwarded(struct api *a, struct http_request *req)
 static void rindex_send(struct api *a);
 static void rindex_maybe_send(struct api *a);
 
-
 static void rindex_fail_all(struct api *a, struct op_list *l, const char *why)
 {
     while (l->head != NULL) {

@@ -1,4 +1,5 @@
-/* Gathering the reads of a read round; see gather.h. */
+/* Gathering the requests of a round (entries, barriers, read-index
+ * requests); see gather.h. */
 #include "gather.h"
 
 #include <stddef.h>

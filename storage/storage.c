@@ -907,9 +907,11 @@ static void prop_old_row(void *arg, sqlite3 *db, int op, const char *zdb,
     if (sqlite3_preupdate_old(db, PROP_COL_VALUE, &v) == SQLITE_OK) {
         old->len = sqlite3_value_bytes(v);
     }
-    if (sqlite3_preupdate_old(db, PROP_COL_EXPIRES, &v) == SQLITE_OK) {
-        old->had_expiry = sqlite3_value_type(v) != SQLITE_NULL;
-    }
+    /* Unknown (out of memory) counts as an expiry: clearing one that was
+     * not there changes nothing, keeping one would differ between nodes. */
+    old->had_expiry =
+        sqlite3_preupdate_old(db, PROP_COL_EXPIRES, &v) != SQLITE_OK ||
+        sqlite3_value_type(v) != SQLITE_NULL;
 }
 
 static int prop_bind(sqlite3_stmt *st, int64_t sk, struct cmd_bytes name,
