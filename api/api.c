@@ -150,8 +150,8 @@ uint64_t api_wall_ms(void)
 static void log_request(struct api *a, struct http_request *req, int status)
 {
     unsigned route = ((unsigned)(uintptr_t)req->data >> ROUTE_SHIFT) & 0xffu;
-    const struct http_header *rid = http_request_header(req, "x-request-id");
-    char rid_text[80] = "";
+    const struct http_header *rid;
+    char rid_text[80];
     size_t i;
 
     /* Metrics are recorded where the request line is: same route, method,
@@ -168,6 +168,8 @@ static void log_request(struct api *a, struct http_request *req, int status)
     if (route >= sizeof route_template / sizeof route_template[0]) {
         route = R_NONE;
     }
+    rid = http_request_header(req, "x-request-id");
+    rid_text[0] = '\0';
     if (rid != NULL) {
         /* Printable ASCII only, quotes dropped, bounded. */
         size_t n = 0;
