@@ -32,7 +32,6 @@
  *
  * Internal calls carry X-Ctxd-Secret; it is compared in constant time
  * (both sides hashed first). */
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,8 +347,7 @@ static void rindex_maybe_send(struct api *a)
 
 static void rindex_gather_flush(struct gather *g)
 {
-    rindex_maybe_send(
-        (struct api *)((char *)g - offsetof(struct api, rindex_gather)));
+    rindex_maybe_send(CONTAINER_OF(g, struct api, rindex_gather));
 }
 
 void api_read_index_init(struct api *a)

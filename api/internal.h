@@ -12,6 +12,7 @@
 
 #include "../consensus/gather.h"
 #include "../lib/buf.h"
+#include "../lib/container.h"
 #include "api.h"
 #include "client.h"
 
@@ -29,8 +30,6 @@
 #define API_METRICS_BURST 20.0   /* scrapes admitted at once */
 #define API_METRICS_PER_S 10.0   /* scrapes admitted per second after that */
 
-#define CONTAINER_OF(ptr, type, field) \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
 
 /* req->data carries, between the passes of a request, the gate flags (low
  * byte) and the matched route (next byte, for the request log line). */

@@ -107,10 +107,10 @@
 #include "consensus.h"
 #include "gather.h"
 #include "transport.h"
+#include "../lib/container.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -560,8 +560,7 @@ static void consensus_flush_reads(struct consensus *c);
 
 static void consensus_wgather_flush(struct gather *g)
 {
-    struct consensus *c =
-        (struct consensus *)((char *)g - offsetof(struct consensus, wgather));
+    struct consensus *c = CONTAINER_OF(g, struct consensus, wgather);
 
     if (!c->closing) {
         consensus_flush_batches(c);
@@ -570,8 +569,7 @@ static void consensus_wgather_flush(struct gather *g)
 
 static void consensus_gather_flush(struct gather *g)
 {
-    consensus_flush_reads(
-        (struct consensus *)((char *)g - offsetof(struct consensus, gather)));
+    consensus_flush_reads(CONTAINER_OF(g, struct consensus, gather));
 }
 
 static void consensus_flush_reads(struct consensus *c)

@@ -2,12 +2,11 @@
  * requests); see gather.h. */
 #include "gather.h"
 
-#include <stddef.h>
+#include "../lib/container.h"
 
 static void gather_timer_cb(uv_timer_t *t)
 {
-    struct gather *g =
-        (struct gather *)((char *)t - offsetof(struct gather, timer));
+    struct gather *g = CONTAINER_OF(t, struct gather, timer);
 
     g->due = 1;
     g->skip = GATHER_SKIP_ROUNDS;

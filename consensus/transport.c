@@ -11,8 +11,7 @@
 #include <stdlib.h>
 #include <uv.h>
 
-#define CONTAINER_OF(ptr, type, field) \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
+#include "../lib/container.h"
 
 struct transport_connect
 {
