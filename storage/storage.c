@@ -194,10 +194,8 @@ static const struct
                       " VALUES(?1, ?2, ?3, ?4)")                              \
     X(ST_PROP_UPDATE, "UPDATE properties SET value = ?3, expires_ms = ?4"     \
                       " WHERE sk = ?1 AND name = ?2")                         \
-    /* ?4 is bound NULL (prop_put uses it only then), as prop_bind binds    \
-     * it for the statement above. */                                         \
     X(ST_PROP_SET_VALUE, "UPDATE properties SET value = ?3"                   \
-                         " WHERE sk = ?1 AND name = ?2 AND ?4 IS NULL")       \
+                         " WHERE sk = ?1 AND name = ?2")                      \
     X(ST_SESS_WRITTEN, "UPDATE sessions SET version = ?2,"                    \
                        " doc_count = doc_count + ?3,"                         \
                        " doc_bytes = doc_bytes + ?4 WHERE sk = ?1")           \
@@ -925,7 +923,8 @@ static int prop_bind(sqlite3_stmt *st, int64_t sk, struct cmd_bytes name,
     if (rc == SQLITE_OK) {
         rc = bind_f(st, 3, value);
     }
-    if (rc == SQLITE_OK) {
+    /* ST_PROP_SET_VALUE has no ?4: it leaves the expiry alone. */
+    if (rc == SQLITE_OK && sqlite3_bind_parameter_count(st) == 4) {
         rc = expires == 0 ? sqlite3_bind_null(st, 4)
                           : sqlite3_bind_int64(st, 4, expires);
     }
