@@ -165,6 +165,14 @@ static void conn_close(struct http_conn *c);
 static void conn_update_reading(struct http_conn *c);
 static void conn_update_timer(struct http_conn *c);
 static void conn_arm_timer(struct http_conn *c, uint64_t now);
+
+/* Forget the current mode's deadline: the next conn_update_timer counts
+ * the mode's time from now, even when the mode is the same. */
+static void conn_timer_restart(struct http_conn *c)
+{
+    c->timer_mode = TIMER_OFF;
+    c->deadline = 0;
+}
 static void conn_maybe_finish(struct http_conn *c);
 static void conn_flush(struct http_conn *c);
 
@@ -665,8 +673,7 @@ static void conn_write_cb(uv_write_t *wreq, int status)
     }
     /* Progress: re-arm the write timer from now. */
     if (c->timer_mode == TIMER_WRITE) {
-        c->timer_mode = TIMER_OFF;
-        c->deadline = 0;
+        conn_timer_restart(c);
     }
     conn_update_reading(c);
     conn_maybe_finish(c);
@@ -1078,8 +1085,7 @@ static void conn_linger(struct http_conn *c)
         c->reading = 1;
     }
     uv_timer_stop(&c->timer);
-    c->timer_mode = TIMER_OFF;
-    c->deadline = 0;
+    conn_timer_restart(c);
     conn_update_timer(c);
 }
 
