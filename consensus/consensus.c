@@ -440,20 +440,19 @@ static void consensus_committed(void *arg, uint64_t index)
 {
     struct consensus *c = arg;
     struct consensus_batch *b;
-    int marked = 0;
-    unsigned served = 0;
+    unsigned served = 0; /* submitted batches are never empty */
 
     for (b = c->inflight; b != NULL; b = b->next) {
         if (!b->committed && b->req.index <= index) {
             b->committed = 1;
-            marked = 1;
             served += b->count;
         }
     }
-    if (marked) {
-        gather_ended(&c->wgather, served, consensus_queued_commands(c));
+    if (served == 0) {
+        return;
     }
-    if (marked && !c->closing) {
+    gather_ended(&c->wgather, served, consensus_queued_commands(c));
+    if (!c->closing) {
         consensus_flush_batches(c);
     }
 }
