@@ -437,6 +437,8 @@ int api_handle_metrics(struct api *a, struct http_request *req)
     struct storage_counts counts;
     struct metrics *m = metrics_process();
     struct buf body = BUF_INIT;
+    uint64_t reads_cached;
+    uint64_t reads;
 
     if (m == NULL) {
         return AE_INTERNAL;
@@ -479,6 +481,9 @@ int api_handle_metrics(struct api *a, struct http_request *req)
     gauge_set(m, "ctxd_sessions", (double)counts.sessions);
     gauge_set(m, "ctxd_properties", (double)counts.properties);
     counter_copy(m, "ctxd_purged_properties_total", counts.purged);
+    reads = storage_prop_reads(a->cfg.storage, &reads_cached);
+    counter_copy(m, "ctxd_property_reads_total", reads);
+    counter_copy(m, "ctxd_property_reads_cached_total", reads_cached);
     gauge_set(m, "ctxd_database_bytes", state_cache.db_bytes);
     gauge_set(m, "process_resident_memory_bytes", state_cache.rss);
     gauge_set(m, "process_open_fds", state_cache.fds);

@@ -122,6 +122,10 @@ int storage_props_get(struct storage *s, const struct cmd *where,
 int storage_prop_get(struct storage *s, const struct cmd *where,
                      uint64_t now_ms, struct buf *out);
 
+/* How many storage_prop_get calls there were, and in *cached how many of
+ * them the read slots answered without SQLite (see struct read_slot). */
+uint64_t storage_prop_reads(const struct storage *s, uint64_t *cached);
+
 /* Row 10: append ["sid",..] of the sessions with live properties, sorted,
  * page `page` of `per_page`. ENOTFOUND for an unknown namespace. */
 int storage_session_ids(struct storage *s, const struct cmd *where,

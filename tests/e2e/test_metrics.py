@@ -274,6 +274,11 @@ class Metrics(NodeTestCase):
         self.assertStatus(c.patch(NS + "/s0/properties", {"a": 1}, key="wrong"), 401)
         self.assertStatus(c.patch(NS + "/s0/properties", {"a": 1}, key=None), 401)
         self.assertStatus(c.get(NS + "/s0/properties/nope"), 404)
+        # Read twice: the second is answered from the read cache.
+        for _ in range(2):
+            r = c.get(NS + "/s0/properties/a")
+            self.assertStatus(r, 200)
+            self.assertEqual(r.body, b"0")
         self.assertStatus(c.get(NS + "/s0/properties"), 200)
         # Refused by the HTTP layer: one 413 and one request that is not HTTP.
         self.assertStatus(c.patch(NS + "/s0/properties", {"big": "x" * 8000}), 413)
@@ -293,6 +298,10 @@ class Metrics(NodeTestCase):
                                method="GET", code="2xx"), 1)
         self.assertEqual(value(s, "ctxd_http_requests_total", route=PROP,
                                method="GET", code="4xx"), 1)
+        self.assertEqual(value(s, "ctxd_http_requests_total", route=PROP,
+                               method="GET", code="2xx"), 2)
+        self.assertEqual(value(s, "ctxd_property_reads_total"), 3)
+        self.assertEqual(value(s, "ctxd_property_reads_cached_total"), 1)
         self.assertEqual(value(s, "ctxd_http_requests_total",
                                route="/admin/v1/accounts/{acc}/key",
                                method="PUT", code="2xx"), 1)

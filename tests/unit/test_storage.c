@@ -1453,6 +1453,79 @@ static void the_row_cache_never_changes_an_outcome(void **state)
     free(big);
 }
 
+/* The read slots change how a property read is answered, never what it
+ * answers: after each of 1,000 random entries, every property of every
+ * session is read from a storage that keeps its slots from entry to entry
+ * and from one that starts every entry without (so SQLite answers), at a
+ * time up to 3 s before the entry's (a clock behind the log) and 2 s after
+ * it; status and value are the same. */
+static void cached_reads_answer_as_sqlite_does(void **state)
+{
+    static const char *const nss[] = {"n0", "n1"};
+    static const char *const sids[] = {"s0", "s1", "s2", "s3", NULL};
+    static const char *const names[] = {"p", "q", "r", "z"};
+    struct storage *warm = *state;
+    struct storage *cold;
+    char *big = digits(STORAGE_DOC_MAX / 2);
+    struct buf pairs[4] = {BUF_INIT, BUF_INIT, BUF_INIT, BUF_INIT};
+    struct buf ow = BUF_INIT;
+    struct buf oc = BUF_INIT;
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    uint64_t time = T0;
+    uint64_t found = 0;
+    uint64_t expired = 0;
+    uint64_t cached;
+    uint64_t index;
+    size_t i;
+
+    assert_int_equal(storage_open(&cold), 0);
+    for (index = 1; index <= 1000; index++) {
+        struct cmd c[4];
+        size_t n = 1 + rnd_next(&x) % 4;
+        size_t k;
+
+        for (i = 0; i < n; i++) {
+            c[i] = random_cmd(&x, index, big, &pairs[i]);
+        }
+        time += rnd_next(&x) % 1500;
+        cold = reopened(cold);
+        apply_n(warm, index, time, c, n, NULL);
+        apply_n(cold, index, time, c, n, NULL);
+        for (k = 0; k < 2 * 5 * 4; k++) {
+            struct cmd w = mk(0, "a", nss[k / 20], sids[k / 4 % 5]);
+            uint64_t now = time + rnd_next(&x) % 5000 - 3000;
+            int sw;
+            int sc;
+
+            w.name = B(names[k % 4]);
+            buf_reset(&ow);
+            buf_reset(&oc);
+            sw = storage_prop_get(warm, &w, now, &ow);
+            sc = storage_prop_get(cold, &w, now, &oc);
+            assert_int_equal(sw, sc);
+            assert_int_equal(ow.len, oc.len);
+            assert_memory_equal(ow.base, oc.base, ow.len);
+            found += sw == 0;
+            /* Found at the entry's time, gone at now: a hit must see it. */
+            buf_reset(&oc);
+            expired += sw == STORAGE_ENOTFOUND &&
+                       storage_prop_get(cold, &w, time, &oc) == 0;
+        }
+    }
+    /* The sequence reached the paths it is meant to cover. */
+    assert_true(storage_prop_reads(warm, &cached) == 1000 * 40);
+    assert_true(cached > 1000);
+    assert_true(found > 1000);
+    assert_true(expired > 100);
+    for (i = 0; i < 4; i++) {
+        buf_free(&pairs[i]);
+    }
+    buf_free(&ow);
+    buf_free(&oc);
+    storage_close(cold);
+    free(big);
+}
+
 /* A write refused after it changed the session row (over the document
  * limit) is rolled back, and so is what its row slot learned. */
 static void a_refused_write_leaves_no_trace_in_the_row_slot(void **state)
@@ -1503,6 +1576,35 @@ static void a_restore_empties_the_row_slots(void **state)
     c.has_if_match = 1;
     c.if_match = 2; /* the image's version */
     assert_int_equal(apply1_status(s, 3, T0, c), STORAGE_OK);
+    free(img);
+}
+
+/* A restore replaces every property: a value a read kept from before is
+ * not answered after. */
+static void a_restore_empties_the_read_slots(void **state)
+{
+    struct storage *s = *state;
+    struct cmd w = mk(0, "a", "n", "s");
+    struct buf out = BUF_INIT;
+    uint64_t cached;
+    void *img;
+    size_t len;
+
+    w.name = B("p");
+    apply1(s, 1, T0, mk_put("a", "n", "s", "p", "1"));
+    assert_int_equal(storage_snapshot(s, &img, &len), 0);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "2"));
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), 0);
+    buf_reset(&out);
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), 0); /* kept */
+    assert_string_equal(out.base, "2");
+    assert_int_equal(storage_prop_reads(s, &cached), 2);
+    assert_int_equal(cached, 1);
+    assert_int_equal(storage_restore(s, img, len), 0);
+    buf_reset(&out);
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), 0);
+    assert_string_equal(out.base, "1");
+    buf_free(&out);
     free(img);
 }
 
@@ -2046,9 +2148,11 @@ int main(void)
         T(session_props_lists_each_session_document),
         T(node_info_is_upserted_and_looked_up),
         T(the_row_cache_never_changes_an_outcome),
+        T(cached_reads_answer_as_sqlite_does),
         T(a_refused_write_leaves_no_trace_in_the_row_slot),
         T(the_row_slot_counts_every_write),
         T(a_restore_empties_the_row_slots),
+        T(a_restore_empties_the_read_slots),
         T(a_failed_entry_leaves_no_trace_in_the_row_slots),
         T(a_snapshot_restores_to_the_same_state),
         T(a_forked_image_is_the_state_at_the_fork),
