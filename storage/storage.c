@@ -341,7 +341,7 @@ struct row_slot
  * simply left empty. test_storage: cached_reads_answer_as_sqlite_does
  * reads every property after each of 1,000 random entries from a storage
  * that keeps its slots and from one that starts every entry without. */
-#define READ_CACHE_SLOTS 65536u
+#define READ_CACHE_SLOTS 65536u /* 32,768 sets of two */
 #define READ_SLOT_BYTES 4096u
 #define READ_CACHE_BYTES (16u << 20)
 
@@ -1238,9 +1238,12 @@ static uint64_t read_hash(uint64_t session, struct cmd_bytes name)
     return fnv64(session, name);
 }
 
-static struct read_slot *read_slot_of(struct storage *s, uint64_t hash)
+/* The two slots where a property of that hash may be kept: two ways, so
+ * that two properties whose hashes meet can both stay (one way kept 90 %
+ * of 10,000 properties read at random, two keep 99 %). */
+static struct read_slot *read_set_of(struct storage *s, uint64_t hash)
 {
-    return &s->read_cache[hash % READ_CACHE_SLOTS];
+    return &s->read_cache[2 * (hash % (READ_CACHE_SLOTS / 2))];
 }
 
 /* Where the value starts in r->data. */
@@ -1265,6 +1268,33 @@ static int read_slot_holds(const struct storage *s, const struct read_slot *r,
            memcmp(k + c->acc.len + c->ns.len, sid.base, sid.len) == 0 &&
            memcmp(k + c->acc.len + c->ns.len + sid.len, c->name.base,
                   c->name.len) == 0;
+}
+
+/* The slot that holds c's property, or NULL. */
+static struct read_slot *read_slot_find(struct storage *s, uint64_t hash,
+                                        const struct cmd *c)
+{
+    struct read_slot *set = read_set_of(s, hash);
+
+    if (read_slot_holds(s, &set[0], hash, c)) {
+        return &set[0];
+    }
+    return read_slot_holds(s, &set[1], hash, c) ? &set[1] : NULL;
+}
+
+/* Where to keep a property its set does not hold: a slot that holds
+ * nothing, else the one the hash picks. */
+static struct read_slot *read_slot_victim(struct storage *s, uint64_t hash)
+{
+    struct read_slot *set = read_set_of(s, hash);
+
+    if (set[0].gen != s->read_gen) {
+        return &set[0];
+    }
+    if (set[1].gen != s->read_gen) {
+        return &set[1];
+    }
+    return &set[(hash >> 32) & 1];
 }
 
 /* Keep what SQLite answered for c's property in r: its value bytes and its
@@ -1320,16 +1350,19 @@ static void read_slot_fill(struct storage *s, struct read_slot *r,
     r->gen = s->read_gen;
 }
 
-/* op_write is about to change property name of c's session: whatever its
+/* op_write is about to change property name of c's session: whatever a
  * slot holds for that key is no longer true. */
 static void read_slot_forget(struct storage *s, uint64_t session,
                              struct cmd_bytes name)
 {
     uint64_t hash = read_hash(session, name);
-    struct read_slot *r = read_slot_of(s, hash);
+    struct read_slot *set = read_set_of(s, hash);
 
-    if (r->hash == hash) {
-        r->gen = 0;
+    if (set[0].hash == hash) {
+        set[0].gen = 0;
+    }
+    if (set[1].hash == hash) {
+        set[1].gen = 0;
     }
 }
 
@@ -2083,11 +2116,11 @@ int storage_prop_get(struct storage *s, const struct cmd *where,
     uint64_t hash;
     struct sk_slot *k = sk_slot_of(s, where, &hash);
     uint64_t rhash = read_hash(hash, where->name);
-    struct read_slot *r = read_slot_of(s, rhash);
+    struct read_slot *r = read_slot_find(s, rhash, where);
     int rc;
 
     s->prop_reads++;
-    if (read_slot_holds(s, r, rhash, where)) {
+    if (r != NULL) {
         s->prop_reads_cached++;
         /* As the SELECTs have it: expires_ms IS NULL OR expires_ms > now. */
         if (r->expires != 0 && r->expires <= u2i(now_ms)) {
@@ -2097,6 +2130,7 @@ int storage_prop_get(struct storage *s, const struct cmd *where,
                    ? 0
                    : STORAGE_ENOMEM;
     }
+    r = read_slot_victim(s, rhash);
     if (k->sk != 0 && k->hash == hash) {
         int status = 0;
 

@@ -1579,6 +1579,67 @@ static void a_restore_empties_the_row_slots(void **state)
     free(img);
 }
 
+/* More properties than read slots, so that both ways of many sets are
+ * filled: each is read (kept), written again and read again, and every
+ * second read has the new value. */
+static void both_ways_of_a_read_set_are_kept_true(void **state)
+{
+    struct storage *s = *state;
+    struct buf pairs = BUF_INIT;
+    struct buf out = BUF_INIT;
+    char sid[16];
+    char name[16];
+    char value[16];
+    uint64_t index = 1;
+    uint64_t cached;
+    int round;
+    int i;
+    int j;
+
+    for (round = 0; round < 2; round++) {
+        for (i = 0; i < 700; i++) {
+            struct cmd c;
+
+            snprintf(sid, sizeof sid, "s%d", i);
+            c = mk(CMD_PATCH, "a", "n", sid);
+            buf_reset(&pairs);
+            for (j = 0; j < 100; j++) {
+                int n = snprintf(name, sizeof name, "p%d", j);
+                int v = snprintf(value, sizeof value, "%d", round * 100000 + i * 100 + j);
+
+                assert_int_equal(cmd_props_add(&pairs, name, (size_t)n, value,
+                                               (size_t)v),
+                                 0);
+            }
+            c.n_props = 100;
+            c.props.base = pairs.base;
+            c.props.len = (uint32_t)pairs.len;
+            apply1(s, index++, T0, c);
+        }
+        for (i = 0; i < 700; i++) {
+            for (j = 0; j < 100; j++) {
+                struct cmd w;
+
+                snprintf(sid, sizeof sid, "s%d", i);
+                snprintf(name, sizeof name, "p%d", j);
+                snprintf(value, sizeof value, "%d", round * 100000 + i * 100 + j);
+                w = mk(0, "a", "n", sid);
+                w.name = B(name);
+                buf_reset(&out);
+                assert_int_equal(storage_prop_get(s, &w, T0, &out), 0);
+                assert_int_equal(out.len, strlen(value));
+                assert_memory_equal(out.base, value, out.len);
+            }
+        }
+    }
+    /* Every read is the first after its property's write: a slot that
+     * answered one would have held the value from before the write. */
+    assert_int_equal(storage_prop_reads(s, &cached), 2 * 70000);
+    assert_int_equal(cached, 0);
+    buf_free(&pairs);
+    buf_free(&out);
+}
+
 /* A restore replaces every property: a value a read kept from before is
  * not answered after. */
 static void a_restore_empties_the_read_slots(void **state)
@@ -2149,6 +2210,7 @@ int main(void)
         T(node_info_is_upserted_and_looked_up),
         T(the_row_cache_never_changes_an_outcome),
         T(cached_reads_answer_as_sqlite_does),
+        T(both_ways_of_a_read_set_are_kept_true),
         T(a_refused_write_leaves_no_trace_in_the_row_slot),
         T(the_row_slot_counts_every_write),
         T(a_restore_empties_the_row_slots),
