@@ -306,9 +306,9 @@ struct sk_slot
  * empty that slot. A slot is used only while the namespace slot of its
  * session holds too, and a failed entry and a restore empty those as well,
  * so those two paths are guarded twice. Direct-mapped by the same hash as
- * the hints. test_storage: the_row_cache_never_changes_an_outcome applies
- * random entries to a storage that keeps its slots and to one that starts
- * every entry without, and compares every result and the state. */
+ * the hints. test_storage: the_row_and_read_slots_never_change_an_outcome
+ * applies random entries to a storage that keeps its slots and to one that
+ * starts every entry without, and compares every result and the state. */
 #define ROW_CACHE_SLOTS 32768u
 #define ROW_CACHE_KEY 96
 
@@ -338,9 +338,10 @@ struct row_slot
  * them all. The expiry is checked on every hit against the read's time, as
  * the SELECT does. Only key and value of at most READ_SLOT_BYTES are kept,
  * and at most READ_CACHE_BYTES in all; a slot that cannot be filled is
- * simply left empty. test_storage: cached_reads_answer_as_sqlite_does
- * reads every property after each of 1,000 random entries from a storage
- * that keeps its slots and from one that starts every entry without. */
+ * simply left empty. test_storage:
+ * the_row_and_read_slots_never_change_an_outcome reads every property
+ * after each of 1,000 random entries from a storage that keeps its slots
+ * and from one that starts every entry without. */
 #define READ_CACHE_SLOTS 65536u /* 32,768 sets of two */
 #define READ_SLOT_BYTES 4096u
 #define READ_CACHE_BYTES (16u << 20)
@@ -352,6 +353,8 @@ struct read_slot
     int64_t expires;     /* the property's expires_ms; 0: none */
     unsigned char *data; /* owned: acc, ns, sid, name, then the value */
     uint32_t cap;        /* bytes allocated at data */
+    uint32_t next;       /* 1 + index of the slot allocated before this
+                            one, 0: none (see read_cache_free) */
     uint32_t value_len;
     uint16_t acc_len;
     uint16_t ns_len;
@@ -359,15 +362,16 @@ struct read_slot
     uint16_t name_len;
 };
 
-static void read_cache_free(struct read_slot *cache)
+/* Free the slots' allocations, walking the list of the slots that have
+ * one from last (1 + its index) instead of every slot: the array is
+ * touched only where reads filled it. */
+static void read_cache_free(struct read_slot *cache, uint32_t last)
 {
-    size_t i;
+    while (last != 0) {
+        struct read_slot *r = &cache[last - 1];
 
-    if (cache == NULL) {
-        return;
-    }
-    for (i = 0; i < READ_CACHE_SLOTS; i++) {
-        free(cache[i].data);
+        last = r->next;
+        free(r->data);
     }
     free(cache);
 }
@@ -398,6 +402,8 @@ struct storage
     uint64_t read_gen;              /* see struct read_slot; never 0 */
     size_t read_bytes;              /* allocated by the read slots */
     struct read_slot *read_cache;   /* owned; READ_CACHE_SLOTS slots */
+    uint32_t read_last;             /* 1 + index of the slot allocated
+                                       last, 0: none (read_cache_free) */
     uint64_t prop_reads;            /* storage_prop_get calls */
     uint64_t prop_reads_cached;     /* of those, answered by a read slot */
     struct ns_slot ns_cache[NS_CACHE_SLOTS];
@@ -724,7 +730,7 @@ void storage_close(struct storage *s)
     }
     stmts_finalize(s->st);
     sqlite3_close(s->db);
-    read_cache_free(s->read_cache);
+    read_cache_free(s->read_cache, s->read_last);
     free(s->row_cache);
     free(s->sk_cache);
     free(s);
@@ -1323,6 +1329,10 @@ static void read_slot_fill(struct storage *s, struct read_slot *r,
         p = realloc(r->data, need);
         if (p == NULL) {
             return;
+        }
+        if (r->data == NULL) {
+            r->next = s->read_last;
+            s->read_last = (uint32_t)(r - s->read_cache) + 1;
         }
         s->read_bytes = s->read_bytes - r->cap + need;
         r->data = p;
@@ -2899,6 +2909,7 @@ int storage_restore(struct storage *s, const void *data, size_t len)
     fresh.row_cache = s->row_cache;
     fresh.read_gen = s->read_gen + 1; /* every read slot is stale */
     fresh.read_bytes = s->read_bytes;
+    fresh.read_last = s->read_last;
     fresh.read_cache = s->read_cache;
     fresh.prop_reads = s->prop_reads;
     fresh.prop_reads_cached = s->prop_reads_cached;

@@ -631,6 +631,27 @@ static void a_namespace_ttl_expires_properties_written_after_it(void **state)
     }
 }
 
+/* A write deletes its session's expired rows: a read with a clock behind
+ * the log's, which a kept slot would still answer (the expiry is after
+ * the read's time), finds the property gone, as SQLite does. */
+static void a_write_that_deletes_expired_rows_empties_their_read_slots(
+    void **state)
+{
+    struct storage *s = *state;
+    struct cmd ns = mk(CMD_NS_PUT, "a", "n", NULL);
+    struct cmd w = mk(0, "a", "n", "s");
+    struct buf out = BUF_INIT;
+
+    ns.ttl = 10;
+    apply1(s, 1, T0, ns);
+    apply1(s, 2, T0, mk_put("a", "n", "s", "p", "1"));
+    w.name = B("p");
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), 0); /* kept */
+    apply1(s, 3, T0 + 20000, mk_put("a", "n", "s", "q", "2"));
+    assert_int_equal(storage_prop_get(s, &w, T0, &out), STORAGE_ENOTFOUND);
+    buf_free(&out);
+}
+
 static void a_session_ttl_overrides_the_namespace_ttl(void **state)
 {
     struct storage *s = *state;
@@ -1401,11 +1422,54 @@ static struct cmd random_cmd(uint64_t *x, uint64_t index, const char *big,
     return c;
 }
 
+/* Ten of the 40 properties (2 namespaces x 5 sessions x 4 names), at
+ * random, read from warm (which keeps its read slots) and from cold
+ * (reopened before the entry, so SQLite answers), at a time up to 3 s
+ * before the entry's (a clock behind the log) or 2 s after it: the same
+ * status and value. Not all 40: a value of half the document limit read
+ * that often made the test twice as slow under AddressSanitizer. Counts
+ * reads found, and those found at the entry's time but expired at the
+ * read's. */
+static void assert_same_reads(struct storage *warm, struct storage *cold,
+                              uint64_t time, uint64_t *x, uint64_t *found,
+                              uint64_t *expired)
+{
+    static const char *const nss[] = {"n0", "n1"};
+    static const char *const sids[] = {"s0", "s1", "s2", "s3", NULL};
+    static const char *const names[] = {"p", "q", "r", "z"};
+    struct buf ow = BUF_INIT;
+    struct buf oc = BUF_INIT;
+    size_t i;
+
+    for (i = 0; i < 10; i++) {
+        size_t k = rnd_next(x) % (2 * 5 * 4);
+        struct cmd w = mk(0, "a", nss[k / 20], sids[k / 4 % 5]);
+        uint64_t now = time + rnd_next(x) % 5000 - 3000;
+        int sw;
+
+        w.name = B(names[k % 4]);
+        buf_reset(&ow);
+        buf_reset(&oc);
+        sw = storage_prop_get(warm, &w, now, &ow);
+        assert_int_equal(sw, storage_prop_get(cold, &w, now, &oc));
+        assert_int_equal(ow.len, oc.len);
+        assert_memory_equal(ow.base, oc.base, ow.len);
+        *found += sw == 0;
+        buf_reset(&oc);
+        *expired += sw == STORAGE_ENOTFOUND &&
+                    storage_prop_get(cold, &w, time, &oc) == 0;
+    }
+    buf_free(&ow);
+    buf_free(&oc);
+}
+
 /* The row slots change how a write finds its session, never what it
- * decides: two storages apply the same random entries, one keeping its
+ * decides, and the read slots how a read is answered, never what it
+ * answers: two storages apply the same random entries, one keeping its
  * slots from entry to entry, the other starting every entry with none;
- * every result and the state are the same. */
-static void the_row_cache_never_changes_an_outcome(void **state)
+ * every result, every property read after each entry (assert_same_reads)
+ * and the state are the same. */
+static void the_row_and_read_slots_never_change_an_outcome(void **state)
 {
     struct storage *warm = *state;
     struct storage *cold;
@@ -1414,6 +1478,9 @@ static void the_row_cache_never_changes_an_outcome(void **state)
     uint64_t x = 0x9e3779b97f4a7c15ull;
     uint64_t time = T0;
     uint64_t index;
+    uint64_t found = 0;
+    uint64_t expired = 0;
+    uint64_t cached;
     unsigned refused = 0;
     unsigned matched = 0;
     size_t i;
@@ -1438,6 +1505,7 @@ static void the_row_cache_never_changes_an_outcome(void **state)
             refused += rw[i].status == STORAGE_ETOOLARGE;
             matched += c[i].has_if_match && rw[i].status == STORAGE_OK;
         }
+        assert_same_reads(warm, cold, time, &x, &found, &expired);
         if (index % 100 == 0) {
             assert_same_state(warm, cold);
         }
@@ -1446,82 +1514,13 @@ static void the_row_cache_never_changes_an_outcome(void **state)
     /* The sequence reached the paths it is meant to cover. */
     assert_true(refused > 0);
     assert_true(matched > 0);
-    for (i = 0; i < 4; i++) {
-        buf_free(&pairs[i]);
-    }
-    storage_close(cold);
-    free(big);
-}
-
-/* The read slots change how a property read is answered, never what it
- * answers: after each of 1,000 random entries, every property of every
- * session is read from a storage that keeps its slots from entry to entry
- * and from one that starts every entry without (so SQLite answers), at a
- * time up to 3 s before the entry's (a clock behind the log) and 2 s after
- * it; status and value are the same. */
-static void cached_reads_answer_as_sqlite_does(void **state)
-{
-    static const char *const nss[] = {"n0", "n1"};
-    static const char *const sids[] = {"s0", "s1", "s2", "s3", NULL};
-    static const char *const names[] = {"p", "q", "r", "z"};
-    struct storage *warm = *state;
-    struct storage *cold;
-    char *big = digits(STORAGE_DOC_MAX / 2);
-    struct buf pairs[4] = {BUF_INIT, BUF_INIT, BUF_INIT, BUF_INIT};
-    struct buf ow = BUF_INIT;
-    struct buf oc = BUF_INIT;
-    uint64_t x = 0x2545f4914f6cdd1dull;
-    uint64_t time = T0;
-    uint64_t found = 0;
-    uint64_t expired = 0;
-    uint64_t cached;
-    uint64_t index;
-    size_t i;
-
-    assert_int_equal(storage_open(&cold), 0);
-    for (index = 1; index <= 1000; index++) {
-        struct cmd c[4];
-        size_t n = 1 + rnd_next(&x) % 4;
-        size_t k;
-
-        for (i = 0; i < n; i++) {
-            c[i] = random_cmd(&x, index, big, &pairs[i]);
-        }
-        time += rnd_next(&x) % 1500;
-        cold = reopened(cold);
-        apply_n(warm, index, time, c, n, NULL);
-        apply_n(cold, index, time, c, n, NULL);
-        for (k = 0; k < 2 * 5 * 4; k++) {
-            struct cmd w = mk(0, "a", nss[k / 20], sids[k / 4 % 5]);
-            uint64_t now = time + rnd_next(&x) % 5000 - 3000;
-            int sw;
-            int sc;
-
-            w.name = B(names[k % 4]);
-            buf_reset(&ow);
-            buf_reset(&oc);
-            sw = storage_prop_get(warm, &w, now, &ow);
-            sc = storage_prop_get(cold, &w, now, &oc);
-            assert_int_equal(sw, sc);
-            assert_int_equal(ow.len, oc.len);
-            assert_memory_equal(ow.base, oc.base, ow.len);
-            found += sw == 0;
-            /* Found at the entry's time, gone at now: a hit must see it. */
-            buf_reset(&oc);
-            expired += sw == STORAGE_ENOTFOUND &&
-                       storage_prop_get(cold, &w, time, &oc) == 0;
-        }
-    }
-    /* The sequence reached the paths it is meant to cover. */
-    assert_true(storage_prop_reads(warm, &cached) == 1000 * 40);
-    assert_true(cached > 1000);
+    assert_int_equal(storage_prop_reads(warm, &cached), 1000 * 10);
+    assert_true(cached > 200);
     assert_true(found > 1000);
-    assert_true(expired > 100);
+    assert_true(expired > 30);
     for (i = 0; i < 4; i++) {
         buf_free(&pairs[i]);
     }
-    buf_free(&ow);
-    buf_free(&oc);
     storage_close(cold);
     free(big);
 }
@@ -2186,6 +2185,7 @@ int main(void)
         T(a_negative_session_ttl_is_refused_as_malformed),
         T(session_ttls_lists_only_sessions_with_a_ttl_sorted),
         T(a_namespace_ttl_expires_properties_written_after_it),
+        T(a_write_that_deletes_expired_rows_empties_their_read_slots),
         T(a_session_ttl_overrides_the_namespace_ttl),
         T(changing_a_ttl_affects_only_later_writes),
         T(purge_removes_what_expired_and_counts_it),
@@ -2208,8 +2208,7 @@ int main(void)
         T(session_ids_are_sorted_paged_and_live_only),
         T(session_props_lists_each_session_document),
         T(node_info_is_upserted_and_looked_up),
-        T(the_row_cache_never_changes_an_outcome),
-        T(cached_reads_answer_as_sqlite_does),
+        T(the_row_and_read_slots_never_change_an_outcome),
         T(both_ways_of_a_read_set_are_kept_true),
         T(a_refused_write_leaves_no_trace_in_the_row_slot),
         T(the_row_slot_counts_every_write),
