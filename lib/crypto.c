@@ -190,15 +190,29 @@ int random_bytes(void *p, size_t n)
     return 0;
 }
 
+/* Eight bytes at a time (a byte-wise loop over volatile bytes was 520
+ * instructions for an API key, 2.8 % of a stale GET): every word is read
+ * and folded into diff whatever the earlier ones held, and the result goes
+ * through a volatile, so the compiler has no early exit to make. */
 int ct_equal(const void *a, const void *b, size_t n)
 {
-    const volatile uint8_t *x = a;
-    const volatile uint8_t *y = b;
-    uint8_t diff = 0;
-    size_t i;
+    const unsigned char *x = a;
+    const unsigned char *y = b;
+    uint64_t diff = 0;
+    volatile uint64_t all;
+    size_t i = 0;
 
-    for (i = 0; i < n; i++) {
-        diff |= x[i] ^ y[i];
+    for (; n - i >= 8; i += 8) {
+        uint64_t u;
+        uint64_t v;
+
+        memcpy(&u, x + i, 8);
+        memcpy(&v, y + i, 8);
+        diff |= u ^ v;
     }
-    return diff == 0;
+    for (; i < n; i++) {
+        diff |= (uint64_t)(x[i] ^ y[i]);
+    }
+    all = diff;
+    return all == 0;
 }
