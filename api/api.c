@@ -371,13 +371,25 @@ int api_valid_property(const char *s, size_t n)
 
 int api_percent_decode(const char *src, size_t n, struct buf *out)
 {
+    size_t plain;
     size_t i;
-    size_t start = out->len;
 
     if (buf_reserve(out, n) != 0) {
         return -1;
     }
+    /* The plain printable ASCII prefix (most segments are nothing else)
+     * is copied whole: nothing in it needs decoding or checking. */
     for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)src[i];
+
+        if (c == '%' || c < 0x20 || c >= 0x7f) {
+            break;
+        }
+    }
+    memcpy(out->base + out->len, src, i);
+    out->len += i;
+    plain = out->len;
+    for (; i < n; i++) {
         char c = src[i];
         if (c == '%') {
             int hi, lo;
@@ -394,7 +406,8 @@ int api_percent_decode(const char *src, size_t n, struct buf *out)
         out->base[out->len++] = c;
     }
     out->base[out->len] = '\0';
-    if (!json_utf8_valid(out->base + start, out->len - start)) {
+    /* ASCII ends no UTF-8 sequence: checking from plain on is enough. */
+    if (!json_utf8_valid(out->base + plain, out->len - plain)) {
         return -2;
     }
     return 0;

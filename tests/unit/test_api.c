@@ -453,6 +453,24 @@ static void percent_decoding_rejects_bad_escapes(void **state)
     assert_int_equal(api_percent_decode("%0a", 3, &out), -1);
     buf_reset(&out);
     assert_int_equal(api_percent_decode("%c3", 3, &out), -2);
+    /* A plain prefix, then what needs decoding or checking. */
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("abc", 3, &out), 0);
+    assert_string_equal(out.base, "abc");
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("ab%41c", 6, &out), 0);
+    assert_string_equal(out.base, "abAc");
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("ab\x7f", 3, &out), -1);
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("ab\x01", 3, &out), -1);
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("ab\xc3\xa9", 4, &out), 0);
+    assert_string_equal(out.base, "ab\xc3\xa9");
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("ab\xc3", 3, &out), -2);
+    buf_reset(&out);
+    assert_int_equal(api_percent_decode("ab%c3%a9%c3", 11, &out), -2);
     buf_free(&out);
 }
 
