@@ -18,9 +18,19 @@ struct buf
 
 #define BUF_INIT {NULL, 0, 0}
 
+/* buf_reserve when the room is not there yet. */
+int buf_grow(struct buf *b, size_t n);
+
 /* Make room for n more bytes. Returns 0 or -1 when out of memory (the buffer
- * is unchanged then). */
-int buf_reserve(struct buf *b, size_t n);
+ * is unchanged then). Inline: a response is built of some forty appends,
+ * nearly all of which find the room there. */
+static inline int buf_reserve(struct buf *b, size_t n)
+{
+    if (b->cap > b->len && n < b->cap - b->len) {
+        return 0; /* len + n + 1 <= cap */
+    }
+    return buf_grow(b, n);
+}
 
 /* Append bytes; each returns 0 or -1 on out of memory (buffer unchanged). */
 int buf_append(struct buf *b, const void *p, size_t n);
