@@ -30,7 +30,6 @@
 #define API_METRICS_BURST 20.0   /* scrapes admitted at once */
 #define API_METRICS_PER_S 10.0   /* scrapes admitted per second after that */
 
-
 /* req->data carries, between the passes of a request, the gate flags (low
  * byte) and the matched route (next byte, for the request log line). */
 #define GATE_MIN_INDEX 1u /* X-Context-Min-Index satisfied */

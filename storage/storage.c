@@ -1199,17 +1199,36 @@ static struct row_slot *row_slot_of(struct storage *s, const struct cmd *c,
     return &s->row_cache[hash % ROW_CACHE_SLOTS];
 }
 
+/* Whether the bytes at k are c's acc, ns and sid, one after the other,
+ * as session_key_put writes them (the lengths checked by the caller). */
+static int session_key_is(const unsigned char *k, const struct cmd *c)
+{
+    struct cmd_bytes sid = sid_of(c);
+
+    return memcmp(k, c->acc.base, c->acc.len) == 0 &&
+           memcmp(k + c->acc.len, c->ns.base, c->ns.len) == 0 &&
+           memcmp(k + c->acc.len + c->ns.len, sid.base, sid.len) == 0;
+}
+
+/* Write c's acc, ns and sid at k, one after the other; returns the end. */
+static unsigned char *session_key_put(unsigned char *k, const struct cmd *c)
+{
+    struct cmd_bytes sid = sid_of(c);
+
+    memcpy(k, c->acc.base, c->acc.len);
+    k += c->acc.len;
+    memcpy(k, c->ns.base, c->ns.len);
+    k += c->ns.len;
+    memcpy(k, sid.base, sid.len);
+    return k + sid.len;
+}
+
 static int row_slot_holds(const struct storage *s, const struct row_slot *r,
                           const struct cmd *c)
 {
-    struct cmd_bytes sid = sid_of(c);
-    const unsigned char *k = r->key;
-
     return r->gen == s->row_gen && r->acc_len == c->acc.len &&
-           r->ns_len == c->ns.len && r->sid_len == sid.len &&
-           memcmp(k, c->acc.base, c->acc.len) == 0 &&
-           memcmp(k + c->acc.len, c->ns.base, c->ns.len) == 0 &&
-           memcmp(k + c->acc.len + c->ns.len, sid.base, sid.len) == 0;
+           r->ns_len == c->ns.len && r->sid_len == sid_of(c).len &&
+           session_key_is(r->key, c);
 }
 
 /* r holds c's session row as v has it. */
@@ -1227,9 +1246,7 @@ static void row_slot_fill(struct storage *s, struct row_slot *r,
     r->acc_len = (uint8_t)c->acc.len;
     r->ns_len = (uint8_t)c->ns.len;
     r->sid_len = (uint8_t)sid.len;
-    memcpy(r->key, c->acc.base, c->acc.len);
-    memcpy(r->key + c->acc.len, c->ns.base, c->ns.len);
-    memcpy(r->key + c->acc.len + c->ns.len, sid.base, sid.len);
+    (void)session_key_put(r->key, c);
 }
 
 /* Before anything but op_write's own statements may change a session row
@@ -1271,9 +1288,7 @@ static int read_slot_holds(const struct storage *s, const struct read_slot *r,
         r->sid_len != sid.len || r->name_len != c->name.len) {
         return 0;
     }
-    return memcmp(k, c->acc.base, c->acc.len) == 0 &&
-           memcmp(k + c->acc.len, c->ns.base, c->ns.len) == 0 &&
-           memcmp(k + c->acc.len + c->ns.len, sid.base, sid.len) == 0 &&
+    return session_key_is(k, c) &&
            memcmp(k + c->acc.len + c->ns.len + sid.len, c->name.base,
                   c->name.len) == 0;
 }
@@ -1355,13 +1370,7 @@ static void read_slot_fill(struct storage *s, struct read_slot *r,
         r->data = p;
         r->cap = (uint32_t)need;
     }
-    k = r->data;
-    memcpy(k, c->acc.base, c->acc.len);
-    k += c->acc.len;
-    memcpy(k, c->ns.base, c->ns.len);
-    k += c->ns.len;
-    memcpy(k, sid.base, sid.len);
-    k += sid.len;
+    k = session_key_put(r->data, c);
     memcpy(k, c->name.base, c->name.len);
     k += c->name.len;
     if (value_len > 0) {
