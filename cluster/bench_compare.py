@@ -1,4 +1,4 @@
-"""cluster/bench --compare etcd: the same wrk workload against a 3-node ctxd
+"""cluster/bench --compare etcd: the same workload against a 3-node ctxd
 cluster and a 3-member etcd cluster, one after the other, on loopback.
 
 ctxd: PUT /v1/account/bench/bench/sK/properties/p (one property per session,
@@ -16,6 +16,13 @@ cluster's CPU while the other runs is printed.
 With --runs N the table shows the median of each figure over N runs. A cell
 with errors in any run gives no figure. CPU ms per request is utime+stime of
 the three server processes over the cell, divided by its requests.
+
+The load generator (--load) is ctxd_load (tests/bench/load.c), one thread
+by default, or wrk (two threads by default) with cluster/bench.lua and
+bench_etcd.lua. Either sends the same requests to both systems: ctxd_load
+reads them from a file written here (bench_lib.ctxd_requests and
+etcd_requests: the request line, headers and body the Lua scripts format)
+and picks one at random per request, as the scripts do.
 """
 
 import json
@@ -43,8 +50,12 @@ class Side:
     (base_env), how to fill it (fill) and a workload's target, mode, extra
     environment and script (parts)."""
 
-    def __init__(self, cluster, keys, vbytes):
+    def __init__(self, cluster, work, keys, vbytes):
         self.cluster = cluster
+        self.work = work
+        self.keys = keys
+        self.vbytes = vbytes
+        self.files = {}  # (workload label, port): ctxd_load request file
         try:
             self.env = self.base_env(keys, vbytes)
             self.leader = cluster.leader_port()
@@ -57,19 +68,27 @@ class Side:
     def pids(self):
         return self.cluster.pids()
 
-    def cell(self, workload, c, threads, duration):
+    def cell(self, workload, c, threads, duration, gen):
         tgt, mode, extra, lua = self.parts(workload)
         port = self.leader if tgt == "leader" else self.follower
-        e = dict(self.env, **extra)
-        return bl.measured(self.pids(), lambda: [bl.wrk(port, mode, c, threads, duration, e,
-                                                        lua=lua)])
+        if gen == "wrk":
+            e = dict(self.env, **extra)
+            return bl.measured(self.pids(), lambda: [bl.wrk(port, mode, c, threads, duration,
+                                                            e, lua=lua)])
+        key = (workload[0], port)
+        if key not in self.files:
+            self.files[key] = bl.write_requests(
+                os.path.join(self.work, "requests-%d" % len(self.files)),
+                self.requests(workload, port))
+        f = self.files[key]
+        return bl.measured(self.pids(), lambda: [bl.load(port, f, c, threads, duration)])
 
 
 class CtxdSide(Side):
     name = "ctxd"
 
     def __init__(self, binary, work, keys, vbytes):
-        super().__init__(bl.Ctxd(binary, 3, work), keys, vbytes)
+        super().__init__(bl.Ctxd(binary, 3, work), work, keys, vbytes)
 
     def base_env(self, keys, vbytes):
         return {"BENCH_KEY": self.cluster.api_key(), "BENCH_ACC": bl.ACC,
@@ -83,12 +102,17 @@ class CtxdSide(Side):
         _, tgt, mode, cons, _, _, _ = workload
         return tgt, mode, {"BENCH_CONSISTENCY": cons}, bl.LUA
 
+    def requests(self, workload, port):
+        _, _, mode, cons, _, _, _ = workload
+        return bl.ctxd_requests(port, self.env["BENCH_KEY"], mode, self.keys, self.vbytes,
+                                cons)
+
 
 class EtcdSide(Side):
     name = "etcd"
 
     def __init__(self, work, keys, vbytes):
-        super().__init__(bl.Etcd(work), keys, vbytes)
+        super().__init__(bl.Etcd(work), work, keys, vbytes)
 
     def base_env(self, keys, vbytes):
         return {"BENCH_SESSIONS": str(keys), "BENCH_VALUE_BYTES": str(vbytes)}
@@ -100,8 +124,12 @@ class EtcdSide(Side):
         _, _, _, _, tgt, mode, ser = workload
         return tgt, mode, {"BENCH_SERIALIZABLE": "1" if ser else "0"}, bl.ETCD_LUA
 
+    def requests(self, workload, port):
+        _, _, _, _, _, mode, ser = workload
+        return bl.etcd_requests(port, mode, self.keys, self.vbytes, ser)
 
-def run_sides(makers, conns, duration, threads):
+
+def run_sides(makers, conns, duration, threads, gen):
     """Start the sides (each maker takes a work dir and returns a side),
     then run every cell on each side in turn: a side alone runs all its
     cells; two sides (--paired) run each cell on one and at once on the
@@ -124,7 +152,7 @@ def run_sides(makers, conns, duration, threads):
                     others = [o for o in sides if o is not side]
                     t0 = [bl.cpu_ticks(o.pids()) for o in others]
                     w0 = time.monotonic()
-                    r = out[side.name][(w[0], c)] = side.cell(w, c, threads, duration)
+                    r = out[side.name][(w[0], c)] = side.cell(w, c, threads, duration, gen)
                     for o, t in zip(others, t0):
                         idle[o.name][0] += bl.cpu_ticks(o.pids()) - t
                         idle[o.name][1] += time.monotonic() - w0
@@ -156,7 +184,7 @@ def ratio(a, b, k):
     return "%.2f" % (a[k] / b[k])
 
 
-def print_table(runs, conns):
+def print_table(runs, conns, gen):
     print("%-20s %5s | %-44s | %-44s | %s" % (
         "", "", "ctxd (3 nodes)", "etcd 3.4 (3 members)", "ctxd/etcd"))
     print("%-20s %5s | %9s %7s %7s %8s %8s | %9s %7s %7s %8s %8s | %6s %6s %6s" % (
@@ -179,11 +207,16 @@ def print_table(runs, conns):
     for s, (label, c) in errs:
         print("errors: %s %s %d connections (no figure)" % (s, label, c))
     print("latencies in ms; cpu ms = server CPU (utime+stime, 3 processes) per request; "
-          "median of %d run(s)" % len(runs))
+          "median of %d run(s); load generator %s" % (len(runs), gen))
 
 
 def main(args):
-    bl.which_or_setup("wrk")
+    gen = args.load or "ctxd_load"
+    threads = args.threads or (2 if gen == "wrk" else 1)
+    if gen == "wrk":
+        bl.which_or_setup("wrk")
+    else:
+        bl.load_binary()
     if not os.access("/usr/bin/etcd", os.X_OK):
         bl.which_or_setup("etcd")
     bl.raise_nofile()
@@ -204,14 +237,14 @@ def main(args):
             makers = [ctxd, etcd] if i % 2 == 0 else [etcd, ctxd]
             sys.stderr.write("run %d/%d: paired, %s first in each cell\n"
                              % (i + 1, args.runs, "ctxd" if i % 2 == 0 else "etcd"))
-            runs.append(run_sides(makers, conns, duration, args.threads))
+            runs.append(run_sides(makers, conns, duration, threads, gen))
             continue
         r = {}
         for make in (ctxd, etcd):
             sys.stderr.write("run %d/%d: %s\n" % (i + 1, args.runs, make.__name__))
-            r.update(run_sides([make], conns, duration, args.threads))
+            r.update(run_sides([make], conns, duration, threads, gen))
         runs.append(r)
-    print_table(runs, conns)
+    print_table(runs, conns, gen)
     print("total %.0f s" % (time.monotonic() - t0))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,10 +1,11 @@
-"""Shared pieces of cluster/bench: ctxd and etcd clusters on loopback, wrk runs,
-CPU accounting from /proc, and table printing.
+"""Shared pieces of cluster/bench: ctxd and etcd clusters on loopback, runs
+of the load generator (wrk, or ctxd_load from tests/bench/load.c), CPU
+accounting from /proc, and table printing.
 
 Invariants: every server this module starts is started in its own process
 group and is stopped (SIGTERM, then SIGKILL after a bound) by stop(); every
-wait is bounded; every wrk run is bounded by its -d duration and a timeout on
-collecting its output. Addresses are loopback only (127.0.0.1).
+wait is bounded; every load run is bounded by its -d duration and a timeout
+on collecting its output. Addresses are loopback only (127.0.0.1).
 """
 
 import base64
@@ -348,6 +349,82 @@ def wrk(port, mode, conns, threads, duration, env, lua=LUA, timeout_s=5):
            "http://127.0.0.1:%d" % port]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ, BENCH_MODE=mode, **env))
+
+
+def http_request(port, method, path, headers, body=None):
+    """One request as wrk.format writes it (Host, the headers, and
+    Content-Length when there is a body), as bytes."""
+    h = {"Host": "127.0.0.1:%d" % port}
+    h.update(headers)
+    data = body.encode() if body is not None else b""
+    if body is not None:
+        h["Content-Length"] = str(len(data))
+    head = "%s %s HTTP/1.1\r\n" % (method, path)
+    head += "".join("%s: %s\r\n" % kv for kv in h.items())
+    return head.encode() + b"\r\n" + data
+
+
+def ctxd_requests(port, key, mode, sessions, vbytes, consistency=""):
+    """The distinct requests of bench.lua's put (PUT of property p) or
+    getprop (GET of it, with ?consistency= when given) over sessions
+    s0..s(N-1)."""
+    value = '"' + "v" * (vbytes - 2) + '"'
+    hdrs = {"maven-api-key": key, "Content-Type": "application/json"}
+    suffix = "?consistency=" + consistency if consistency else ""
+    out = []
+    for s in range(sessions):
+        path = "/v1/account/%s/%s/s%d/properties/p" % (ACC, NS, s)
+        if mode == "put":
+            out.append(http_request(port, "PUT", path, hdrs, value))
+        elif mode == "getprop":
+            out.append(http_request(port, "GET", path + suffix, hdrs))
+        else:
+            raise ValueError("ctxd_load has no mode %r" % mode)
+    return out
+
+
+def etcd_requests(port, mode, keys, vbytes, serializable=False):
+    """The distinct requests of bench_etcd.lua's put and range."""
+    value = base64.b64encode(b"v" * vbytes).decode()
+    hdrs = {"Content-Type": "application/json"}
+    extra = ',"serializable":true' if serializable else ""
+    out = []
+    for i in range(keys):
+        if mode == "put":
+            out.append(http_request(port, "POST", "/v3/kv/put", hdrs,
+                                    '{"key":"%s","value":"%s"}' % (b64("k%d" % i), value)))
+        elif mode == "range":
+            out.append(http_request(port, "POST", "/v3/kv/range", hdrs,
+                                    '{"key":"%s"%s}' % (b64("k%d" % i), extra)))
+        else:
+            raise ValueError("ctxd_load has no etcd mode %r" % mode)
+    return out
+
+
+def write_requests(path, requests):
+    """The request file of ctxd_load: each request's length, a newline and
+    the request."""
+    with open(path, "wb") as f:
+        for r in requests:
+            f.write(b"%d\n" % len(r))
+            f.write(r)
+    return path
+
+
+def load_binary():
+    """ctxd_load of the release build (tests/bench/load.c), built if needed."""
+    path = os.path.join(ROOT, "build-release", "ctxd_load")
+    if not os.access(path, os.X_OK):
+        build()
+    return path
+
+
+def load(port, reqfile, conns, threads, duration, timeout_s=5):
+    """Start one ctxd_load on reqfile; collect() reads its RESULT line."""
+    cmd = [load_binary(), "-c%d" % conns, "-t%d" % max(1, min(threads, conns)),
+           "-d%d" % duration, "-T%d" % timeout_s, reqfile, "127.0.0.1", str(port)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def collect(procs, wait=900):
