@@ -173,16 +173,19 @@ def pause(cl, leader, duration, env, budget=90):
     p.join(15)
     after, size, hold = snapshots(cl, hold=True)
     longest, over = 0.0, 0
-    for port in cl.ports:
+    per_node = []  # (node id, longest turn's bound in ms, turns over 100 ms)
+    for i, port in enumerate(cl.ports):
         lo, ov = turns_window(turns0[port], loop_turns(port))
         if lo is None:
             longest, over = None, None
             break
         longest, over = max(longest, lo), over + ov
+        per_node.append((i + 1, lo, ov))
     return {"healthz_max_ms": round(p.max_ms, 1), "healthz_requests": p.count,
             "healthz_failures": p.failures, "snapshots": after - before,
             "snapshot_bytes": size, "put_rps": round(reqs / secs), "put_errors": errors,
             "loop_turn_max_le_ms": longest, "loop_turns_over_100ms": over,
+            "loop_turns_per_node": per_node, "leader_node": cl.ports.index(leader) + 1,
             "snapshot_loop_ms_max": hold}
 
 
@@ -195,6 +198,10 @@ def show_pause(topo, what, x):
           "snapshot held the loop <= %.1f ms" % (
               topo, "", x["loop_turn_max_le_ms"], x["loop_turns_over_100ms"],
               x["snapshot_loop_ms_max"]))
+    if x.get("loop_turns_over_100ms"):
+        print("%-8s %-34s per node (id:longest turn <= ms:turns > 100 ms): %s; leader %d" % (
+            topo, "", " ".join("%d:%g:%d" % t for t in x["loop_turns_per_node"]),
+            x["leader_node"]))
     sys.stdout.flush()
 
 

@@ -391,6 +391,10 @@ struct storage
                                        (storage_backup_fork) */
     int digest_busy;                /* a digest child is not yet released
                                        (storage_digest_fork) */
+    int image_busy;                 /* a snapshot child is not yet released
+                                       (storage_image_fork) */
+    struct storage_counts counts;   /* the last storage_counts taken */
+    int counts_valid;               /* counts holds a value */
     int64_t expiry_floor;           /* no property expires before this:
                                        a lower bound of every expires_ms
                                        (INT64_MAX: none expire), see
@@ -2398,6 +2402,14 @@ int storage_counts(struct storage *s, struct storage_counts *c)
 {
     int rc;
 
+    /* A child that shares the pages copy-on-write: counting would touch
+     * every page and so copy it (300-780 ms of the loop at 1,000,000
+     * properties, against 8-13 ms without a child). */
+    if (s->counts_valid && (s->image_busy || s->digest_busy || s->backup_busy)) {
+        *c = s->counts;
+        c->purged = s->purged;
+        return 0;
+    }
     memset(c, 0, sizeof *c);
     rc = count_rows(s, ST_COUNT_ACCOUNTS, &c->accounts);
     if (rc == 0) {
@@ -2410,6 +2422,8 @@ int storage_counts(struct storage *s, struct storage_counts *c)
         rc = count_rows(s, ST_COUNT_PROPERTIES, &c->properties);
     }
     c->purged = s->purged;
+    s->counts = *c;
+    s->counts_valid = rc == 0;
     return rc;
 }
 
@@ -2642,7 +2656,15 @@ static int image_fork(struct storage *s, enum image_kind kind,
 
 int storage_image_fork(struct storage *s, struct storage_image *img)
 {
-    return image_fork(s, IMAGE_SNAPSHOT, img);
+    int rc = image_fork(s, IMAGE_SNAPSHOT, img);
+
+    s->image_busy = rc == 0;
+    return rc;
+}
+
+void storage_image_release(struct storage *s)
+{
+    s->image_busy = 0;
 }
 
 /* image_fork for a caller that allows one at a time: *busy is set until
@@ -2933,6 +2955,7 @@ int storage_restore(struct storage *s, const void *data, size_t len)
      * child in flight keeps the state it forked with, and its slot. */
     fresh.digest_busy = s->digest_busy;
     fresh.backup_busy = s->backup_busy;
+    fresh.image_busy = s->image_busy; /* fresh.counts_valid is 0: recount */
     fresh.keys_generation = s->keys_generation + 1;
     expiry_floor_refresh(&fresh);
     fresh.ns_gen = s->ns_gen + 1; /* fresh's slots are all generation 0 */

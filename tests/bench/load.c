@@ -390,8 +390,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->again = 1;
         conn_close(c);
     } else if (!w->stopping) {
-        conn_send(c);
-        return;
+        conn_send(c); /* may find the run over and set stopping */
     }
     worker_check_done(w);
 }

@@ -1839,6 +1839,60 @@ static void a_forked_digest_is_the_digest_at_the_fork(void **state)
     storage_digest_release(s);
 }
 
+/* While a forked child shares the pages, counting them would copy every
+ * one: storage_counts gives the counts taken before the child, until the
+ * caller releases it; with none taken before, it counts. */
+static void counts_wait_for_the_release_of_a_forked_child(void **state)
+{
+    struct storage *s = *state;
+    struct storage_image img;
+    struct storage_counts c;
+    struct storage_counts first;
+    int kind;
+
+    /* No counts taken yet: counted even with a child alive. */
+    fill(s);
+    assert_int_equal(storage_image_fork(s, &img), 0);
+    apply1(s, storage_applied_index(s) + 1, T0 + 70000,
+           mk_put("a", "n", "s", "w", "1"));
+    assert_int_equal(storage_counts(s, &first), 0);
+    storage_image_discard(&img);
+    storage_image_release(s);
+    assert_int_equal(storage_counts(s, &c), 0);
+    assert_int_equal(c.properties, first.properties);
+    assert_int_equal(c.sessions, first.sessions);
+    assert_true(c.properties >= 2);
+
+    for (kind = 0; kind < 3; kind++) {
+        uint64_t before;
+        char name[8];
+
+        assert_int_equal(storage_counts(s, &c), 0);
+        before = c.properties;
+        assert_int_equal(kind == 0   ? storage_image_fork(s, &img)
+                         : kind == 1 ? storage_digest_fork(s, &img)
+                                     : storage_backup_fork(s, &img),
+                         0);
+        snprintf(name, sizeof name, "x%d", kind);
+        apply1(s, storage_applied_index(s) + 1, T0 + 70000,
+               mk_put("a", "n", "s", name, "1"));
+        /* The child is done, but not yet released. */
+        storage_image_discard(&img);
+        assert_int_equal(storage_counts(s, &c), 0);
+        assert_int_equal(c.properties, before);
+        assert_int_equal(c.sessions, first.sessions);
+        if (kind == 0) {
+            storage_image_release(s);
+        } else if (kind == 1) {
+            storage_digest_release(s);
+        } else {
+            storage_backup_release(s);
+        }
+        assert_int_equal(storage_counts(s, &c), 0);
+        assert_int_equal(c.properties, before + 1);
+    }
+}
+
 /* The applied index and its time are kept in memory between images (see
  * meta_sync in storage.c): an image or a digest forked right after an
  * entry, with nothing read in process since, still carries them. An empty
@@ -2219,6 +2273,7 @@ int main(void)
         T(a_forked_image_is_the_state_at_the_fork),
         T(restoring_bad_bytes_fails_and_keeps_the_old_state),
         T(a_forked_digest_is_the_digest_at_the_fork),
+        T(counts_wait_for_the_release_of_a_forked_child),
         T(forked_images_carry_the_applied_index_of_the_fork),
         T(a_database_without_our_schema_is_refused),
         T(an_image_from_before_session_keys_is_migrated),
