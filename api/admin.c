@@ -390,42 +390,36 @@ static int metrics_admit(struct api *a)
     return 1;
 }
 
-/* The costly scrape-time values: row counts (COUNT(*) scans whole
- * tables: tens of ms at a million properties), database size, RSS and open
- * descriptors (a /proc directory walk, one entry per connection). Taken at
- * most once per METRICS_STATE_MS and reused in between; one node per
- * process, so one cache. */
+/* The costly scrape-time values: database size, RSS and open descriptors
+ * (a /proc directory walk, one entry per connection). Taken at most once
+ * per METRICS_STATE_MS and reused in between; one node per process, so one
+ * cache. Row counts are kept by storage as rows change (storage_counts),
+ * so every scrape has the current ones. */
 #define METRICS_STATE_MS 1000 /* ms a taken value is reused */
 
 static struct
 {
     int valid;                    /* taken at least once */
     uint64_t at_ms;               /* api_wall_ms() when taken */
-    struct storage_counts counts; /* row counts */
     double db_bytes;              /* storage_db_bytes */
     double rss;                   /* process_rss_bytes */
     double fds;                   /* process_open_fds */
 } state_cache;
 
 /* Refresh state_cache when older than METRICS_STATE_MS. */
-static int state_cache_update(struct api *a)
+static void state_cache_update(struct api *a)
 {
     uint64_t now = api_wall_ms();
 
     if (state_cache.valid && now >= state_cache.at_ms &&
         now - state_cache.at_ms < METRICS_STATE_MS) {
-        return 0;
-    }
-    if (storage_counts(a->cfg.storage, &state_cache.counts) != STORAGE_OK) {
-        state_cache.valid = 0;
-        return -1;
+        return;
     }
     state_cache.db_bytes = (double)storage_db_bytes(a->cfg.storage);
     state_cache.rss = process_rss_bytes();
     state_cache.fds = process_open_fds();
     state_cache.at_ms = now;
     state_cache.valid = 1;
-    return 0;
 }
 
 /* GET /metrics: Prometheus text exposition format 0.0.4. The scrape-time
@@ -447,10 +441,8 @@ int api_handle_metrics(struct api *a, struct http_request *req)
         return AE_SCRAPES;
     }
     api_consensus_info(a, &info);
-    if (state_cache_update(a) != 0) {
-        return AE_INTERNAL;
-    }
-    counts = state_cache.counts;
+    state_cache_update(a);
+    storage_counts(a->cfg.storage, &counts);
     gauge_set(m, "ctxd_raft_leader", info.is_leader ? 1 : 0);
     gauge_set(m, "ctxd_raft_leader_id", (double)info.leader_id);
     gauge_set(m, "ctxd_raft_term", (double)info.term);

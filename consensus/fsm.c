@@ -194,7 +194,6 @@ static int consensus_fsm_snapshot(struct raft_fsm *fsm,
         if (rv != 0) {
             f->image_busy = false;
             storage_image_discard(&f->image);
-            storage_image_release(f->storage);
             free(b);
             *bufs = NULL;
             *n_bufs = 0;
@@ -240,7 +239,6 @@ static int consensus_fsm_snapshot_finalize(struct raft_fsm *fsm,
 
     if (f->image_busy) {
         storage_image_discard(&f->image);
-        storage_image_release(f->storage);
         f->image_busy = false;
         if (f->image_status == 0) {
             f->snapshots_taken++;
@@ -305,7 +303,6 @@ void consensus_fsm_close(struct consensus_fsm *f)
 {
     if (f->image_busy) {
         storage_image_discard(&f->image);
-        storage_image_release(f->storage);
         f->image_busy = false;
     }
     consensus_fsm_drop_results(f);

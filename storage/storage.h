@@ -151,17 +151,16 @@ int storage_next_expiry(struct storage *s, uint64_t *t_ms);
 int storage_node_lookup(struct storage *s, uint64_t id, struct buf *http_addr,
                         struct buf *region);
 
-/* Row counts for metrics and tests. While a snapshot, digest or backup
- * child is not yet released (storage_image_release, storage_digest_release,
- * storage_backup_release), the counts are the last ones taken before, when
- * there are any (purged stays current): counting scans whole tables, and
- * with a child sharing the pages copy-on-write every page it reads is
- * copied. */
+/* Row counts after the last applied entry, for metrics: kept as rows are
+ * inserted and deleted, so taking them costs nothing (see counts_setup in
+ * storage.c). */
 struct storage_counts
 {
     uint64_t accounts, namespaces, sessions, properties, purged;
 };
-int storage_counts(struct storage *s, struct storage_counts *c);
+void storage_counts(struct storage *s, struct storage_counts *c);
+/* The same by scanning every table (COUNT(*)), for tests and restore. */
+int storage_recount(struct storage *s, struct storage_counts *c);
 
 /* Bytes of the database: pages in use times the page size (0 when SQLite
  * cannot say). For metrics. */
@@ -201,9 +200,6 @@ int storage_image_read(struct storage_image *img, void **data, size_t *len);
 /* End an image that will not be read: kill and reap the child. Idempotent
  * on a finished image (one zeroed by fork or read). */
 void storage_image_discard(struct storage_image *img);
-/* On the caller's thread, once a storage_image_fork image is read or
- * discarded: storage_counts counts again. */
-void storage_image_release(struct storage *s);
 
 /* The same for storage_digest(): a forked child hashes the state as it is
  * at the fork and sends the 32 bytes, which storage_image_read() returns
