@@ -1174,9 +1174,10 @@ static void a_bad_entry_applies_nothing(void **state)
 
 /* Running out of memory at any allocation of an entry rolls the whole
  * entry back: none of its commands stays, the applied index does not move,
- * and the namespace cache forgets the TTL the entry set (a later write
- * still gets the old one). Allocation failures come from sqlmem_fail_at,
- * so this runs where SQLite's heap is ours (not under ASan). */
+ * the namespace cache forgets the TTL the entry set (a later write
+ * still gets the old one) and the row counts forget its rows. Allocation
+ * failures come from sqlmem_fail_at, so this runs where SQLite's heap is
+ * ours (not under ASan). */
 static void an_entry_that_runs_out_of_memory_changes_nothing(void **state)
 {
     struct storage *s = *state;
@@ -1221,6 +1222,7 @@ static void an_entry_that_runs_out_of_memory_changes_nothing(void **state)
         /* A write after the failure is permanent, as before the entry. */
         snprintf(name, sizeof name, "w%lu", k);
         apply1(s, index, T0, mk_put("a", "n", "s", name, "4"));
+        assert_counts_true(s); /* none of the failed entry's rows counted */
         assert_int_equal(props(s, "a", "n", "s", T0 + 20000, &out, NULL), 0);
         assert_non_null(strstr(out.base, name));
         assert_null(strstr(out.base, "\"q\""));
