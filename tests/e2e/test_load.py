@@ -11,11 +11,16 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import harness
 from harness import Node, NodeTestCase
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "cluster"))
+import bench_lib  # noqa: E402
 
 RESULT = re.compile(r"^RESULT (.*)$", re.M)
 ERRORS = re.compile(r"^errors: (.*)$", re.M)
@@ -26,22 +31,12 @@ def load_path():
 
 
 def request(port, method, path, headers=None, body=None):
-    h = {"Host": "127.0.0.1:%d" % port}
-    h.update(headers or {})
-    data = body.encode() if body is not None else b""
-    if body is not None:
-        h["Content-Length"] = str(len(data))
-    head = "%s %s HTTP/1.1\r\n" % (method, path)
-    head += "".join("%s: %s\r\n" % kv for kv in h.items())
-    return head.encode() + b"\r\n" + data
+    return bench_lib.http_request(port, method, path, headers or {}, body)
 
 
-def write_file(path, requests):
-    with open(path, "wb") as f:
-        for r in requests:
-            f.write(b"%d\n" % len(r))
-            f.write(r)
-    return path
+# The request file is written by the bench's own writer, so these tests
+# cover what cluster/bench hands ctxd_load.
+write_file = bench_lib.write_requests
 
 
 def run(args, budget=60.0):
