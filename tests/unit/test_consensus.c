@@ -26,6 +26,7 @@
 #include "../../storage/command.h"
 #include "../../storage/storage.h"
 #include "encode.h"
+#include "tmpdir.h"
 
 #define WATCHDOG_MS 15000 /* ms before a run is declared stuck */
 #define POLL_MS 2         /* ms between predicate checks */
@@ -191,8 +192,7 @@ static int setup(void **state)
     uv_timer_init(&f->loop, &f->watchdog);
     f->poll.data = f;
     f->watchdog.data = f;
-    strcpy(f->dir, "/tmp/ctxd-consensus-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    assert_non_null(test_tmpdir(f->dir, sizeof f->dir, "consensus"));
     free_port_addr(f->addr, sizeof f->addr);
     f->cfg.id = 1;
     f->cfg.raft_addr = f->addr;

@@ -22,15 +22,16 @@
 #include <cmocka.h>
 
 #include "../../consensus/prealloc.h"
+#include "tmpdir.h"
 
-static char dir[] = "/tmp/ctxd-prealloc-XXXXXX";
+static char dir[64];
 static char path[sizeof dir + 16];
 static int fd = -1;
 
 static int setup(void **state)
 {
     (void)state;
-    if (mkdtemp(dir) == NULL) {
+    if (test_tmpdir(dir, sizeof dir, "prealloc") == NULL) {
         return -1;
     }
     snprintf(path, sizeof path, "%s/f", dir);
