@@ -449,7 +449,13 @@ class Admin(Client):
 
 def create_account(node, acc, admin=None):
     """Create (or rotate) account acc on node; return its API key."""
-    return (admin or node.admin()).create_account(acc)
+    if admin is not None:
+        return admin.create_account(acc)
+    own = node.admin()
+    try:
+        return own.create_account(acc)
+    finally:
+        own.close()
 
 
 class RawConn:
