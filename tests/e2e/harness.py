@@ -447,15 +447,14 @@ class Admin(Client):
         return doc["apiKey"]
 
 
-def create_account(node, acc, admin=None):
-    """Create (or rotate) account acc on node; return its API key."""
-    if admin is not None:
-        return admin.create_account(acc)
-    own = node.admin()
+def create_account(node, acc):
+    """Create (or rotate) account acc on node with an admin client of its
+    own, closed after; return the API key."""
+    admin = node.admin()
     try:
-        return own.create_account(acc)
+        return admin.create_account(acc)
     finally:
-        own.close()
+        admin.close()
 
 
 class RawConn:

@@ -10,7 +10,7 @@ import socket
 import time
 
 import harness
-from harness import q, request_bytes
+from harness import create_account, q, request_bytes
 
 _counter = itertools.count()
 RESERVED = ("consumer", "operational", "conversation", "faas", "custom", "sde")
@@ -257,7 +257,7 @@ class ApiErrors(harness.SharedNodeTestCase):
         self.nodes = [self.node, node]
         self.addCleanup(node.cleanup)
         node.start()
-        key = create_key(node, "small")
+        key = create_account(node, "small")
         c = node.client(key)
         self.addCleanup(c.close)
         base = "/v1/account/small/n/s/properties"
@@ -509,14 +509,6 @@ class ApiErrors(harness.SharedNodeTestCase):
         for headers in self.bad_bearers():
             r = self.c.req("GET", "/admin/v1/cluster", key=None, headers=headers)
             self.assertStatus(r, 401, "unauthorized")
-
-
-def create_key(node, acc):
-    admin = node.admin()
-    try:
-        return admin.create_account(acc)
-    finally:
-        admin.close()
 
 
 def raw_ok(node, key, path):

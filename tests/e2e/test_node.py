@@ -19,7 +19,7 @@ import threading
 import time
 
 import harness
-from harness import NodeTestCase
+from harness import NodeTestCase, create_account
 
 FLAGS = ("--id", "--data-dir", "--http-addr", "--raft-addr", "--region",
          "--admin-token-file", "--log-level", "--max-body-bytes", "--max-header-bytes",
@@ -90,13 +90,6 @@ class NodeProcess(NodeTestCase):
         n = self.new_node(args=args, env=env)
         n.start()
         return n
-
-    def account(self, node, acc="acme"):
-        admin = node.admin()
-        try:
-            return admin.create_account(acc)
-        finally:
-            admin.close()
 
     def client(self, node, key=None):
         c = node.client(key)
@@ -203,7 +196,7 @@ class NodeProcess(NodeTestCase):
 
     def test_second_process_on_the_same_data_dir_refuses_to_start(self):
         a = self.started()
-        key = self.account(a)
+        key = create_account(a, "acme")
         b = self.new_node(data_dir=a.data_dir)
         b.spawn(b.base_args())
         rc = b.wait_exit(budget=15)
@@ -242,7 +235,7 @@ class NodeProcess(NodeTestCase):
 
     def graceful_under_load(self, sig):
         n = self.started()
-        key = self.account(n)
+        key = create_account(n, "acme")
         stop = threading.Event()
         acked, errors = [], []
         t = threading.Thread(target=self.writes_until_stopped, args=(n, key, stop, acked, errors))
@@ -280,7 +273,7 @@ class NodeProcess(NodeTestCase):
         for i in range(40):
             n = self.new_node()
             n.start()
-            key = self.account(n)
+            key = create_account(n, "acme")
             c = n.client(key)
             try:
                 for j in range(3):
@@ -315,7 +308,7 @@ class NodeProcess(NodeTestCase):
 
     def test_every_acknowledged_write_survives_kill_9(self):
         n = self.started()
-        key = self.account(n)
+        key = create_account(n, "acme")
         acked = {}
         lock = threading.Lock()
         stop = threading.Event()
@@ -377,7 +370,7 @@ class NodeProcess(NodeTestCase):
         # so only the first chunk (256 KiB) is certain to be written on any
         # disk; libc's posix_fallocate leaves all of it unwritten.
         n = self.started()
-        key = self.account(n)
+        key = create_account(n, "acme")
         c = self.client(n, key)
         self.assertEqual(c.put("/v1/account/acme/ns/s/properties/p", {"v": 1}).status, 204)
         raft_dir = os.path.join(n.data_dir, "raft")
@@ -406,7 +399,7 @@ class NodeProcess(NodeTestCase):
         the child goes on, the first request gets the digest of the state
         at the index it was asked at, not of the state after the writes."""
         n = self.started()
-        key = self.account(n)
+        key = create_account(n, "acme")
         c = self.client(n, key)
         # Enough rows that hashing them takes far longer than finding the
         # child (100,000 properties: about 0.25 s on two cores).
@@ -471,7 +464,7 @@ class NodeProcess(NodeTestCase):
 
     def test_restart_rebuilds_state_from_snapshot_and_log(self):
         n = self.started(args=["--snapshot-threshold", "64", "--snapshot-trailing", "16"])
-        key = self.account(n)
+        key = create_account(n, "acme")
         c = self.client(n, key)
         want = {}
         for i in range(300):
@@ -518,7 +511,7 @@ class NodeProcess(NodeTestCase):
 
     def test_ttl_expiry_end_to_end(self):
         n = self.started()
-        key = self.account(n)
+        key = create_account(n, "acme")
         c = self.client(n, key)
         base = "/v1/account/acme"
         ok = lambda r: self.assertEqual(r.status, 204, "%r" % (r,))
@@ -560,7 +553,7 @@ class NodeProcess(NodeTestCase):
         """Node with --purge-interval-ms 200; writes two properties that expire
         after 1 s and one that never does, then waits 2 s."""
         n = self.started(args=["--purge-interval-ms", "200"])
-        key = self.account(n)
+        key = create_account(n, "acme")
         c = self.client(n, key)
         base = "/v1/account/acme"
         self.assertEqual(c.post(base + "?ttlSecond=1", {"name": "t"}).status, 204)
@@ -603,8 +596,8 @@ class NodeProcess(NodeTestCase):
 
     def test_same_request_id_is_applied_once_and_answers_the_same(self):
         n = self.started()
-        key = self.account(n)
-        other = self.account(n, "other")
+        key = create_account(n, "acme")
+        other = create_account(n, "other")
         c = self.client(n, key)
         url = "/v1/account/acme/ns/s/properties/p"
         a = c.put(url, '"first"', headers={"X-REQUEST-ID": "req-1"})
